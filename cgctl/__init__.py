@@ -1,0 +1,3 @@
+"""cgctl: declarative cgroup resource control and accounting."""
+
+__version__ = "0.1.0"

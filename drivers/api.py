@@ -348,6 +348,16 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def probe(self) -> Capabilities: ...
 
+    def effective_value(self, key: SettingKey, value: Value) -> Value:
+        """The value as this driver will read it back after setting ``value`` (e.g. after a v1
+        weight→shares→weight round trip, or systemd's 10 ms quota rounding). The planner compares
+        observed values with this, so a re-apply of an unchanged policy plans zero writes."""
+        return value
+
+    def target_of(self, path: GroupPath, key: SettingKey) -> str:
+        """Where a setting lands, for people: a file path, or ``unit property`` under systemd."""
+        return f"{format_path(path)}:{key}"
+
     @abc.abstractmethod
     async def observe(
         self, paths: Iterable[GroupPath], keys: Mapping[GroupPath, Collection[SettingKey]]

@@ -1,0 +1,425 @@
+"""The ``cgctl`` command line.
+
+Exit codes (CONVENTIONS.md): 0 success; 1 the operation failed (and was rolled back — the message says
+whether the rollback completed); 2 usage, validation or plan error (nothing was written).
+``cgctl diff``: 0 in sync, 1 changes pending, 2 error — like ``kubectl diff``.
+
+Heavy modules (pydantic, yaml, the D-Bus client, prometheus_client) are imported inside the commands that
+need them, so ``cgctl freeze`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from drivers.api import Driver, GroupPath
+
+    from .engine import Prepared
+    from .policy import Policy
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+DEFAULT_ROOT = "cgctl"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: exit 2, nothing written."""
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _err(message: str, *details: str) -> None:
+    print(f"cgctl: {message}", file=sys.stderr)
+    for line in details:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def _parse_group(text: str) -> GroupPath:
+    from .names import InvalidNameError, parse_group_path
+
+    try:
+        return parse_group_path(text)
+    except InvalidNameError as exc:
+        raise UsageError(f"GROUP {text!r}: {exc}") from None
+
+
+class InvalidPolicy(Exception):
+    """The policy file failed validation: exit 2 with every FILE:LINE:COL message."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(f"{len(lines)} error(s)")
+        self.lines = lines
+
+
+def _load_policy(path: str) -> Policy:
+    from .policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise InvalidPolicy([str(issue) for issue in exc.errors]) from None
+
+
+def _driver_for(name: str, root: str) -> tuple[Driver, str]:
+    from drivers.api import DriverOptions
+
+    from .registry import UnknownDriverError, make_driver
+
+    try:
+        return make_driver(name, DriverOptions(root=root))
+    except UnknownDriverError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _policy_driver(policy: Policy, override: str | None) -> tuple[Driver, str]:
+    return _driver_for(override or policy.driver, policy.root)
+
+
+def _print_plan(prepared: Prepared, *, header: bool = True) -> None:
+    plan = prepared.plan
+    driver = prepared.driver
+    if header:
+        caps = prepared.capabilities
+        print(f"# driver {driver.name} ({caps.mode}), root {prepared.policy.root}")
+    for op in plan.ops:
+        print(op.describe(driver.target_of))
+    for note in plan.notes:
+        print(f"# {note}")
+    for issue in plan.warnings:
+        print(f"warning: {issue}", file=sys.stderr)
+    if not plan.ops:
+        print("# in sync: nothing to do")
+
+
+def _report_plan_errors(prepared: Prepared) -> bool:
+    errors = prepared.plan.errors
+    if not errors:
+        return False
+    _err(f"the policy cannot be applied on this host ({len(errors)} error(s)); nothing was written")
+    for issue in errors:
+        print(f"  {issue}", file=sys.stderr)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------------
+
+
+async def _cmd_apply(args: argparse.Namespace) -> int:
+    from drivers.api import DriverError
+
+    from .engine import prepare, run_apply
+    from .lock import writer_lock
+    from .plan import summarize
+
+    policy = _load_policy(args.file)
+    driver, _ = _policy_driver(policy, args.driver)
+    try:
+        with writer_lock():
+            prepared = await prepare(policy, driver, prune=args.prune)
+            if _report_plan_errors(prepared):
+                return EXIT_USAGE
+            if args.output == "json" and args.dry_run:
+                _print_json(prepared.plan.to_json())
+                return EXIT_OK
+            if args.output != "json":
+                _print_plan(prepared)
+            if args.dry_run or prepared.plan.in_sync:
+                return EXIT_OK
+            result = await run_apply(prepared, freeze_timeout=args.freeze_timeout)
+    except DriverError as exc:
+        _err(f"reading the current state failed: {exc}", "nothing was written")
+        return EXIT_FAILED
+    finally:
+        await driver.close()
+    if args.output == "json":
+        _print_json({"plan": prepared.plan.to_json(), "result": result.to_json()})
+    for note in result.notes:
+        print(f"# {note}")
+    if result.ok:
+        if args.output != "json":
+            print(f"applied: {summarize(result.done)} in {result.seconds * 1000:.0f} ms")
+        return EXIT_OK
+    assert result.failed is not None and result.error is not None
+    error = result.error
+    details = [f"step: {result.failed.describe(driver.target_of)}"]
+    if error.target:
+        details.append(f"file: {error.target}")
+    if error.value is not None:
+        details.append(f"value: {error.value}")
+    if error.cause:
+        details.append(f"kernel said: {error.cause}")
+    if result.rollback_complete:
+        done = len(result.rolled_back)
+        details.append(f"rolled back {done} finished step(s): the tree is as it was before")
+    else:
+        details.append("ROLLBACK INCOMPLETE — these undo steps failed, the tree is partly changed:")
+        details.extend(f"  {e}" for e in result.rollback_errors)
+    _err(f"apply failed: {error.message}", *details)
+    return EXIT_FAILED
+
+
+async def _cmd_diff(args: argparse.Namespace) -> int:
+    from drivers.api import DriverError
+
+    from .engine import prepare
+
+    policy = _load_policy(args.file)
+    driver, _ = _policy_driver(policy, args.driver)
+    try:
+        prepared = await prepare(policy, driver, prune=args.prune)
+    except DriverError as exc:
+        _err(f"reading the current state failed: {exc}")
+        return EXIT_USAGE
+    finally:
+        await driver.close()
+    if _report_plan_errors(prepared):
+        return EXIT_USAGE
+    if args.output == "json":
+        _print_json(prepared.plan.to_json())
+    else:
+        _print_plan(prepared)
+    return EXIT_OK if prepared.plan.in_sync else EXIT_FAILED
+
+
+def _root_and_driver(args: argparse.Namespace) -> tuple[str, str]:
+    """freeze/thaw/show/exec/move: root and driver from --policy, else --root/--driver."""
+    if args.policy:
+        policy = _load_policy(args.policy)
+        return args.root or policy.root, args.driver or policy.driver
+    return args.root or DEFAULT_ROOT, args.driver or "auto"
+
+
+async def _cmd_freeze(args: argparse.Namespace, *, freeze: bool) -> int:
+    from drivers.api import DriverError
+
+    from .lock import writer_lock
+
+    path = _parse_group(args.group)
+    root, driver_name = _root_and_driver(args)
+    driver, _ = _driver_for(driver_name, root)
+    try:
+        with writer_lock():
+            observed = await driver.observe([path], {path: ()})
+            if not observed[path].exists:
+                raise UsageError(f"group {args.group!r} does not exist under root {root!r}")
+            if freeze:
+                await driver.freeze(path, args.timeout)
+            else:
+                await driver.thaw(path, args.timeout)
+    except DriverError as exc:
+        _err(f"{'freeze' if freeze else 'thaw'} of {args.group} failed: {exc}")
+        return EXIT_FAILED
+    finally:
+        await driver.close()
+    print(f"{args.group}: {'frozen' if freeze else 'thawed'}")
+    return EXIT_OK
+
+
+async def _cmd_move(args: argparse.Namespace) -> int:
+    from drivers.api import DriverError
+
+    path = _parse_group(args.group)
+    root, driver_name = _root_and_driver(args)
+    driver, _ = _driver_for(driver_name, root)
+    try:
+        await driver.move(path, args.pids)
+    except DriverError as exc:
+        _err(f"move into {args.group} failed: {exc}")
+        return EXIT_FAILED
+    finally:
+        await driver.close()
+    return EXIT_OK
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    from drivers.api import DriverError
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("exec needs a command after --")
+    path = _parse_group(args.group)
+    root, driver_name = _root_and_driver(args)
+    driver, _ = _driver_for(driver_name, root)
+
+    async def join() -> None:
+        try:
+            # The process joins the group *before* it executes the command (anchors §3 pitfall 19),
+            # so the command's first instruction is already accounted and limited.
+            await driver.move(path, [os.getpid()])
+        finally:
+            await driver.close()
+
+    try:
+        asyncio.run(join())
+    except DriverError as exc:
+        _err(f"joining {args.group} failed: {exc}")
+        return EXIT_FAILED
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        _err(f"cannot execute {command[0]}: {exc.strerror}")
+        return 127
+
+
+async def _cmd_show(args: argparse.Namespace) -> int:
+    from .show import collect_show, render_tree
+
+    policy = _load_policy(args.policy) if args.policy else None
+    root = args.root or (policy.root if policy else DEFAULT_ROOT)
+    driver_name = args.driver or (policy.driver if policy else "auto")
+    driver, _ = _driver_for(driver_name, root)
+    only = _parse_group(args.group) if args.group else None
+    try:
+        rows = await collect_show(driver, policy, only)
+    finally:
+        await driver.close()
+    if args.output == "json":
+        _print_json({"root": root, "driver": driver.name, "groups": rows})
+    else:
+        print(render_tree(root, rows))
+    return EXIT_OK
+
+
+async def _cmd_check(args: argparse.Namespace) -> int:
+    from .check import host_report, render_report
+
+    policy = _load_policy(args.file) if args.file else None
+    report = await host_report(policy, args.driver)
+    if args.output == "json":
+        _print_json(report)
+    else:
+        print(render_report(report))
+    return EXIT_USAGE if report.get("policy", {}).get("errors") else EXIT_OK
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from .agent import run_agent
+
+    return run_agent(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------------------
+
+
+def _add_target_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", metavar="FILE", help="take root and driver from this policy")
+    p.add_argument("--root", help=f"managed root (default: the policy's, else {DEFAULT_ROOT!r})")
+    p.add_argument("--driver", help="cgroupfs, systemd or auto (default: the policy's, else auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cgctl",
+        description="Declarative cgroup resource control: plan, apply with rollback, freeze, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"cgctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("apply", help="make the cgroup tree match a policy (plan first, roll back on failure)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument(
+        "--prune", action="store_true", help="also remove empty groups cgctl created that the policy dropped"
+    )
+    p.add_argument("--driver", help="override the policy's driver")
+    p.add_argument("--freeze-timeout", type=float, default=10.0, metavar="S")
+    p.add_argument("--output", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("diff", help="show what apply would change (0 in sync, 1 changes pending, 2 error)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--prune", action="store_true")
+    p.add_argument("--driver", help="override the policy's driver")
+    p.add_argument("--output", choices=["text", "json"], default="text")
+
+    for name, what in (("freeze", "stop"), ("thaw", "resume")):
+        p = sub.add_parser(name, help=f"{what} every process in a group; returns once the kernel confirms")
+        p.add_argument("group", metavar="GROUP", help="policy path under the root, e.g. web/worker")
+        p.add_argument("--timeout", type=float, default=10.0, metavar="S")
+        _add_target_options(p)
+
+    p = sub.add_parser("show", help="a tree of groups: limits next to live usage")
+    p.add_argument("group", metavar="GROUP", nargs="?")
+    _add_target_options(p)
+    p.add_argument("--output", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("exec", help="run a command inside a group (it joins before it executes)")
+    p.add_argument("group", metavar="GROUP")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    _add_target_options(p)
+
+    p = sub.add_parser("move", help="move running processes into a group")
+    p.add_argument("group", metavar="GROUP")
+    p.add_argument("pids", nargs="+", type=int, metavar="PID")
+    _add_target_options(p)
+
+    p = sub.add_parser("check", help="describe this host's cgroup setup (and whether it can honour a policy)")
+    p.add_argument("file", metavar="FILE", nargs="?")
+    p.add_argument("--driver", default=None, help="check for this driver instead of the policy's/auto")
+    p.add_argument("--output", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("agent", help="run the reconcile + /metrics daemon")
+    from .agent_args import add_agent_arguments
+
+    add_agent_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        command: str = args.command
+        if command == "exec":
+            return _cmd_exec(args)
+        if command == "agent":
+            return _cmd_agent(args)
+        handlers: dict[str, Any] = {
+            "apply": _cmd_apply,
+            "diff": _cmd_diff,
+            "freeze": lambda a: _cmd_freeze(a, freeze=True),
+            "thaw": lambda a: _cmd_freeze(a, freeze=False),
+            "show": _cmd_show,
+            "move": _cmd_move,
+            "check": _cmd_check,
+        }
+        result: int = asyncio.run(handlers[command](args))
+        return result
+    except InvalidPolicy as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        _err(f"invalid policy ({len(exc.lines)} error(s)); nothing was written")
+        return EXIT_USAGE
+    except UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

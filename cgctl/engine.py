@@ -1,0 +1,88 @@
+"""observe → plan → apply, shared by the CLI and the agent.
+
+This is the only place that joins the policy, the driver, the remembered state and the planner, so the
+CLI and the agent cannot drift apart in what "apply" means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from drivers.api import Capabilities, Driver, GroupPath, ObservedGroup, SettingKey, split_key
+
+from .apply import DEFAULT_FREEZE_TIMEOUT, ApplyResult, execute
+from .plan import Op, Plan, PlanInput, keys_to_observe, make_plan
+from .policy import Policy
+from .state import State
+
+
+@dataclass
+class Prepared:
+    policy: Policy
+    driver: Driver
+    capabilities: Capabilities
+    observed: dict[GroupPath, ObservedGroup]
+    state: State
+    plan: Plan
+
+
+def _where(policy: Policy) -> Callable[[GroupPath, SettingKey | None], str]:
+    def where(path: GroupPath, key: SettingKey | None) -> str:
+        spec = policy.groups.get(path)
+        if spec is None:
+            return ""
+        ref = spec.origins.get(key, spec.origin) if key is not None else spec.origin
+        return f"{ref}: {policy.field_name(path, key)}"
+
+    return where
+
+
+async def prepare(policy: Policy, driver: Driver, *, prune: bool = False) -> Prepared:
+    capabilities = await driver.probe()
+    state = State.load(driver.name, policy.root)
+    keys = keys_to_observe(policy.groups, state.last_applied)
+    paths = {(), *policy.groups, *state.created}
+    observed = await driver.observe(sorted(paths), keys)
+    plan = make_plan(
+        PlanInput(
+            desired=policy.groups,
+            observed=observed,
+            capabilities=capabilities,
+            last_applied=state.last_applied,
+            owned=frozenset(state.created),
+            prune=prune,
+            on_unsupported=policy.on_unsupported,
+            where=_where(policy),
+            effective=driver.effective_value,
+        )
+    )
+    return Prepared(policy, driver, capabilities, observed, state, plan)
+
+
+def applied_settings(prepared: Prepared) -> Mapping[GroupPath, frozenset[SettingKey]]:
+    """The settings this apply is responsible for from now on (unsupported ones left out)."""
+    unsupported = prepared.capabilities.unsupported
+    out: dict[GroupPath, frozenset[SettingKey]] = {}
+    for path, spec in prepared.policy.groups.items():
+        out[path] = frozenset(key for key in spec.resources if split_key(key)[0] not in unsupported)
+    return out
+
+
+async def run_apply(
+    prepared: Prepared,
+    *,
+    freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT,
+    on_step: Callable[[Op], None] | None = None,
+) -> ApplyResult:
+    """Execute a prepared plan and record the outcome in the state file (also after a failure, so the
+    groups a partial rollback left behind stay owned by cgctl)."""
+    result = await execute(prepared.plan, prepared.driver, freeze_timeout=freeze_timeout, on_step=on_step)
+    state = prepared.state
+    if result.ok:
+        state.record_apply(applied_settings(prepared), result.created, result.removed)
+        state.save()
+    elif result.created:
+        state.record_created(result.created)
+        state.save()
+    return result

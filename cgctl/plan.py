@@ -1,0 +1,377 @@
+"""Planning: a pure function from (desired, observed, capabilities, last applied) to an ordered plan.
+
+Nothing here touches the system. Ordering is where correctness lives (ARCHITECTURE.md, anchors §3):
+
+* the managed root and then every group are created parents-first;
+* on cgroup v2, controllers are enabled in ``cgroup.subtree_control`` top-down, only those some
+  descendant needs, right after the group is created and before any child is configured;
+* inside a group: cpuset first (a v1 cpuset group is empty until cpus/mems are set), then memory with
+  ``memory.high`` lowered before ``memory.max`` (and raised after it), then everything else;
+* thaws, then freezes, come after every limit is in place (freezing last);
+* removals (``--prune``) run children-first, and only for empty groups cgctl created.
+
+A setting the policy no longer names but that cgctl set on an earlier apply goes back to the kernel's
+default (the "reset" in the plan); settings cgctl never set are left alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from drivers.api import (
+    KERNEL_DEFAULTS,
+    Capabilities,
+    CpuList,
+    GroupPath,
+    Knob,
+    ObservedGroup,
+    SettingKey,
+    Value,
+    format_path,
+    format_value,
+    split_key,
+)
+
+
+class DesiredGroup(Protocol):
+    """What the planner needs of a policy group (cgctl.policy.GroupSpec satisfies it)."""
+
+    @property
+    def resources(self) -> Mapping[SettingKey, Value]: ...
+
+    @property
+    def frozen(self) -> bool | None: ...
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class PlanIssue:
+    severity: Severity
+    group: GroupPath
+    key: str | None
+    message: str
+    where: str = ""  # "file:line:col: field" when the policy says where
+
+    def __str__(self) -> str:
+        prefix = f"{self.where}: " if self.where else ""
+        subject = format_path(self.group) + (f" {self.key}" if self.key else "")
+        return f"{prefix}{self.severity}: {subject}: {self.message}"
+
+
+class OpKind(enum.StrEnum):
+    CREATE = "create"
+    ENABLE = "enable"
+    SET = "set"
+    RESET = "reset"
+    THAW = "thaw"
+    FREEZE = "freeze"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of a plan, with what was there before (for diff output and for rollback)."""
+
+    kind: OpKind
+    path: GroupPath
+    key: SettingKey | None = None
+    old: Value = None
+    new: Value = None
+    controllers: frozenset[str] = frozenset()
+    # REMOVE only: the group's settings before removal, so a rollback can recreate it faithfully.
+    snapshot: tuple[tuple[SettingKey, Value], ...] = ()
+
+    def describe(self, target: Callable[[GroupPath, SettingKey], str] | None = None) -> str:
+        where = format_path(self.path)
+        if self.kind in (OpKind.SET, OpKind.RESET) and self.key is not None:
+            name = target(self.path, self.key) if target else f"{where} {self.key}"
+            return f"{self.kind:<6} {name}: {format_value(self.old)} -> {format_value(self.new)}"
+        if self.kind is OpKind.ENABLE:
+            return f"{self.kind:<6} {where} subtree_control: +{' +'.join(sorted(self.controllers))}"
+        return f"{self.kind:<6} {where}"
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"op": self.kind.value, "group": format_path(self.path)}
+        if self.key is not None:
+            out.update(key=self.key, old=format_value(self.old), new=format_value(self.new))
+        if self.controllers:
+            out["controllers"] = sorted(self.controllers)
+        return out
+
+
+@dataclass
+class Plan:
+    ops: list[Op] = field(default_factory=list)
+    issues: list[PlanIssue] = field(default_factory=list)
+    # Groups the plan left alone on purpose, with the reason (e.g. a populated group not pruned).
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[PlanIssue]:
+        return [i for i in self.issues if i.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[PlanIssue]:
+        return [i for i in self.issues if i.severity is Severity.WARNING]
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.ops
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "in_sync": self.in_sync,
+            "ops": [op.to_json() for op in self.ops],
+            "errors": [str(i) for i in self.errors],
+            "warnings": [str(i) for i in self.warnings],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    desired: Mapping[GroupPath, DesiredGroup]
+    observed: Mapping[GroupPath, ObservedGroup]
+    capabilities: Capabilities
+    # Keys cgctl set on its last successful apply, per group (the "last-applied" state).
+    last_applied: Mapping[GroupPath, frozenset[SettingKey]] = field(default_factory=dict)
+    # Groups cgctl created (ownership), for --prune.
+    owned: frozenset[GroupPath] = frozenset()
+    prune: bool = False
+    # "error": a knob the host cannot honour stops the plan; "warn": it is reported and left out.
+    on_unsupported: str = "error"
+    # Maps a setting back to the policy text ("file:line:col: groups.web.memory.max").
+    where: Callable[[GroupPath, SettingKey | None], str] = lambda path, key: ""
+    # The driver's normalisation of a value (see Driver.effective_value).
+    effective: Callable[[SettingKey, Value], Value] = lambda key, value: value
+
+
+def _ancestors(path: GroupPath) -> list[GroupPath]:
+    return [path[:i] for i in range(len(path))]
+
+
+def _sorted_parents_first(paths: Iterable[GroupPath]) -> list[GroupPath]:
+    return sorted(paths, key=lambda p: (len(p), p))
+
+
+# Order of settings inside one group; memory.high/max are handled specially (see _group_settings).
+_KNOB_ORDER: dict[Knob, int] = {
+    knob: i
+    for i, knob in enumerate(
+        [
+            Knob.CPUSET_CPUS,
+            Knob.CPUSET_MEMS,
+            Knob.MEMORY_HIGH,
+            Knob.MEMORY_MAX,
+            Knob.MEMORY_SWAP_MAX,
+            Knob.MEMORY_LOW,
+            Knob.MEMORY_MIN,
+            Knob.MEMORY_OOM_GROUP,
+            Knob.CPU_WEIGHT,
+            Knob.CPU_MAX,
+            Knob.IO_WEIGHT,
+            Knob.IO_MAX,
+            Knob.PIDS_MAX,
+        ]
+    )
+}
+
+
+def _as_limit(value: Value) -> float:
+    """A memory limit for comparisons: None (max) is infinite."""
+    if value is None:
+        return float("inf")
+    assert isinstance(value, int)
+    return float(value)
+
+
+def _order_settings(ops: list[Op]) -> list[Op]:
+    def rank(op: Op) -> tuple[int, str]:
+        assert op.key is not None
+        knob, _ = split_key(op.key)
+        return _KNOB_ORDER[knob], op.key
+
+    ordered = sorted(ops, key=rank)
+    by_knob = {split_key(op.key)[0]: op for op in ordered if op.key is not None}
+    high, mx = by_knob.get(Knob.MEMORY_HIGH), by_knob.get(Knob.MEMORY_MAX)
+    if high is not None and mx is not None and _as_limit(high.new) > _as_limit(high.old):
+        # memory.high is being raised: raise (or set) memory.max first, so high never sits above
+        # a stale lower max; when high is lowered it goes first so reclaim starts gently.
+        ordered.remove(high)
+        ordered.insert(ordered.index(mx) + 1, high)
+    return ordered
+
+
+def _check_value(
+    inp: PlanInput, path: GroupPath, key: SettingKey, value: Value, issues: list[PlanIssue]
+) -> bool:
+    """Host-dependent checks of one desired setting. Returns False when it must be left out."""
+    knob, _ = split_key(key)
+    caps = inp.capabilities
+    reason = caps.unsupported.get(knob)
+    if reason is None and caps.needs_subtree_control and knob.controller not in caps.controllers:
+        reason = f"the {knob.controller} controller is not available to the managed root"
+    if reason is not None:
+        severity = Severity.WARNING if inp.on_unsupported == "warn" else Severity.ERROR
+        suffix = " (left out: on_unsupported is warn)" if severity is Severity.WARNING else ""
+        issues.append(
+            PlanIssue(severity, path, key, f"cannot be honoured here: {reason}{suffix}", inp.where(path, key))
+        )
+        return False
+    if knob in (Knob.CPUSET_CPUS, Knob.CPUSET_MEMS) and isinstance(value, CpuList):
+        online = caps.online_cpus if knob is Knob.CPUSET_CPUS else caps.online_mems
+        what = "CPUs" if knob is Knob.CPUSET_CPUS else "memory nodes"
+        missing = [i for i in value.ids if online.ids and i not in online.ids]
+        if missing:
+            issues.append(
+                PlanIssue(
+                    Severity.ERROR,
+                    path,
+                    key,
+                    f"impossible cpuset: {what} {CpuList(tuple(missing))} are not online (online: {online})",
+                    inp.where(path, key),
+                )
+            )
+            return False
+    return True
+
+
+def make_plan(inp: PlanInput) -> Plan:
+    """Compute the ordered operations that make ``observed`` match ``desired``. Pure."""
+    plan = Plan()
+    caps = inp.capabilities
+    observed = inp.observed
+
+    def seen(path: GroupPath) -> ObservedGroup:
+        return observed.get(path) or ObservedGroup(exists=False)
+
+    # 1. What each group should have written: desired settings that differ, plus resets.
+    settings: dict[GroupPath, list[Op]] = {}
+    needed_here: dict[GroupPath, set[str]] = {}
+    for path in _sorted_parents_first(inp.desired):
+        spec = inp.desired[path]
+        now = seen(path)
+        ops: list[Op] = []
+        controllers: set[str] = set()
+        for key, value in spec.resources.items():
+            if not _check_value(inp, path, key, value, plan.issues):
+                continue
+            controllers.add(split_key(key)[0].controller)
+            want = inp.effective(key, value)
+            old = now.values.get(key) if now.exists else None
+            if not now.exists or key not in now.values or now.values[key] != want:
+                ops.append(Op(OpKind.SET, path, key, old, value))
+            if (
+                split_key(key)[0] is Knob.MEMORY_MAX
+                and now.memory_current is not None
+                and value is not None
+                and isinstance(value, int)
+                and value < now.memory_current
+            ):
+                plan.issues.append(
+                    PlanIssue(
+                        Severity.WARNING,
+                        path,
+                        key,
+                        f"new limit {format_value(value)} is below current usage {now.memory_current}: "
+                        "the kernel will reclaim and may OOM-kill (v2) or refuse with EBUSY (v1)",
+                        inp.where(path, key),
+                    )
+                )
+        for key in sorted(inp.last_applied.get(path, frozenset()) - set(spec.resources)):
+            knob, _ = split_key(key)
+            if knob in caps.unsupported or not now.exists:
+                continue
+            default = KERNEL_DEFAULTS[knob]
+            controllers.add(knob.controller)
+            if key not in now.values or now.values[key] != inp.effective(key, default):
+                ops.append(Op(OpKind.RESET, path, key, now.values.get(key), default))
+        if spec.frozen is not None and not caps.can_freeze:
+            plan.issues.append(
+                PlanIssue(
+                    Severity.ERROR,
+                    path,
+                    "frozen",
+                    "freezing is not available on this host",
+                    inp.where(path, "frozen"),
+                )
+            )
+        settings[path] = _order_settings(ops)
+        needed_here[path] = controllers
+
+    # 2. Controllers each group must enable for its descendants (v2 top-down enablement).
+    enable_for: dict[GroupPath, set[str]] = {}
+    if caps.needs_subtree_control:
+        for path, controllers in needed_here.items():
+            for ancestor in _ancestors(path):
+                enable_for.setdefault(ancestor, set()).update(controllers)
+
+    # 3. Emit creates, enables and settings parents-first.
+    all_paths = _sorted_parents_first({(), *inp.desired})
+    for path in all_paths:
+        now = seen(path)
+        if not now.exists:
+            plan.ops.append(Op(OpKind.CREATE, path))
+        plan.ops.extend(settings.get(path, []))
+        wanted = enable_for.get(path, set())
+        missing = frozenset(wanted - (now.subtree_control if now.exists else frozenset()))
+        if missing:
+            plan.ops.append(Op(OpKind.ENABLE, path, controllers=missing))
+
+    # 4. Thaws, then freezes, after every limit is in place.
+    for path in all_paths:
+        spec_frozen = inp.desired[path].frozen if path in inp.desired else None
+        now = seen(path)
+        if spec_frozen is False and now.exists and now.self_frozen and caps.can_freeze:
+            plan.ops.append(Op(OpKind.THAW, path, old=True, new=False))
+    for path in all_paths:
+        spec_frozen = inp.desired[path].frozen if path in inp.desired else None
+        now = seen(path)
+        if spec_frozen is True and not (now.exists and now.self_frozen) and caps.can_freeze:
+            plan.ops.append(Op(OpKind.FREEZE, path, old=False, new=True))
+
+    # 5. Prune: groups cgctl created, no longer in the policy, and empty; children first.
+    if inp.prune:
+        stale = [p for p in inp.owned if p and p not in inp.desired and seen(p).exists]
+        kept: set[GroupPath] = set(inp.desired)
+        for path in sorted(stale, key=lambda p: (-len(p), p)):
+            now = seen(path)
+            if any(other[: len(path)] == path and len(other) > len(path) for other in kept):
+                kept.add(path)  # a descendant stays, so this group must stay too
+                continue
+            if now.populated:
+                plan.notes.append(
+                    f"kept {format_path(path)}: it holds processes (prune removes only empty groups)"
+                )
+                kept.add(path)
+                continue
+            plan.ops.append(Op(OpKind.REMOVE, path, snapshot=tuple(sorted(now.values.items()))))
+    return plan
+
+
+def keys_to_observe(
+    desired: Mapping[GroupPath, DesiredGroup],
+    last_applied: Mapping[GroupPath, frozenset[SettingKey]],
+) -> dict[GroupPath, frozenset[SettingKey]]:
+    """Which settings the planner will compare, per group: the desired ones and the last-applied ones."""
+    out: dict[GroupPath, frozenset[SettingKey]] = {}
+    for path in {*desired, *last_applied}:
+        keys = set(last_applied.get(path, frozenset()))
+        if path in desired:
+            keys.update(desired[path].resources)
+        out[path] = frozenset(keys)
+    return out
+
+
+def summarize(ops: Sequence[Op]) -> str:
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op.kind.value] = counts.get(op.kind.value, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing to do"

@@ -1,0 +1,231 @@
+"""The planner is a pure function: these tests pin its ordering and its idempotence rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cgctl.plan import OpKind, PlanInput, Severity, make_plan
+from drivers.api import (
+    Capabilities,
+    CgroupMode,
+    CpuList,
+    CpuMax,
+    GroupPath,
+    Knob,
+    ObservedGroup,
+    SettingKey,
+    Value,
+    setting_key,
+)
+
+V2 = Capabilities(
+    driver="test",
+    mode=CgroupMode.V2,
+    needs_subtree_control=True,
+    controllers=frozenset({"cpu", "memory", "io", "pids", "cpuset"}),
+    online_cpus=CpuList((0, 1)),
+    online_mems=CpuList((0,)),
+)
+V1 = Capabilities(
+    driver="test",
+    mode=CgroupMode.HYBRID,
+    unsupported={Knob.MEMORY_LOW: "memory.low does not exist on cgroup v1"},
+    controllers=frozenset({"cpu", "memory", "pids", "cpuset"}),
+)
+
+
+@dataclass
+class Group:
+    resources: dict[SettingKey, Value] = field(default_factory=dict)
+    frozen: bool | None = None
+
+
+def observed_as(desired: dict[GroupPath, Group], **extra: ObservedGroup) -> dict[GroupPath, ObservedGroup]:
+    """The tree exactly as the policy wants it (what a converged host looks like)."""
+    out = {
+        (): ObservedGroup(exists=True, subtree_control=frozenset({"cpu", "memory", "io", "pids", "cpuset"}))
+    }
+    for path, g in desired.items():
+        out[path] = ObservedGroup(
+            exists=True,
+            values=dict(g.resources),
+            subtree_control=frozenset({"cpu", "memory", "io", "pids", "cpuset"}),
+            self_frozen=bool(g.frozen),
+            frozen=bool(g.frozen),
+        )
+    return out
+
+
+def kinds(plan):  # type: ignore[no-untyped-def]
+    return [(op.kind, op.path, op.key) for op in plan.ops]
+
+
+def test_new_tree_is_created_parents_first_with_controllers_enabled_top_down() -> None:
+    desired = {
+        ("web",): Group({"cpu.weight": 200}),
+        ("web", "worker"): Group({"memory.max": 512 << 20, "pids.max": 10}),
+    }
+    plan = make_plan(PlanInput(desired=desired, observed={}, capabilities=V2))
+    assert kinds(plan) == [
+        (OpKind.CREATE, (), None),
+        (OpKind.ENABLE, (), None),
+        (OpKind.CREATE, ("web",), None),
+        (OpKind.SET, ("web",), "cpu.weight"),
+        (OpKind.ENABLE, ("web",), None),
+        (OpKind.CREATE, ("web", "worker"), None),
+        (OpKind.SET, ("web", "worker"), "memory.max"),
+        (OpKind.SET, ("web", "worker"), "pids.max"),
+    ]
+    # Only the controllers some descendant needs, never "all available".
+    assert plan.ops[1].controllers == {"cpu", "memory", "pids"}
+    assert plan.ops[4].controllers == {"memory", "pids"}
+    assert not plan.issues
+
+
+def test_converged_tree_plans_nothing() -> None:
+    desired = {("web",): Group({"cpu.weight": 200, "memory.max": None}, frozen=True)}
+    plan = make_plan(
+        PlanInput(desired=desired, observed=observed_as(desired), capabilities=V2, last_applied={})
+    )
+    assert plan.ops == []
+    assert plan.in_sync
+
+
+def test_v1_needs_no_subtree_control_and_cpuset_comes_first() -> None:
+    desired = {
+        ("a",): Group(
+            {"pids.max": 5, "cpu.weight": 10, "cpuset.mems": CpuList((0,)), "cpuset.cpus": CpuList((0,))}
+        )
+    }
+    plan = make_plan(PlanInput(desired=desired, observed={}, capabilities=V1))
+    assert [op.key for op in plan.ops if op.kind is OpKind.SET] == [
+        "cpuset.cpus",
+        "cpuset.mems",
+        "cpu.weight",
+        "pids.max",
+    ]
+    assert all(op.kind is not OpKind.ENABLE for op in plan.ops)
+
+
+def test_memory_high_lowered_before_max_and_raised_after_it() -> None:
+    old = {("g",): Group({"memory.high": 400, "memory.max": 500})}
+    lower = {("g",): Group({"memory.high": 100, "memory.max": 200})}
+    plan = make_plan(PlanInput(desired=lower, observed=observed_as(old), capabilities=V2))
+    assert [op.key for op in plan.ops] == ["memory.high", "memory.max"]
+
+    raise_ = {("g",): Group({"memory.high": 800, "memory.max": 900})}
+    plan = make_plan(PlanInput(desired=raise_, observed=observed_as(old), capabilities=V2))
+    assert [op.key for op in plan.ops] == ["memory.max", "memory.high"]
+
+
+def test_unsupported_knob_is_a_plan_error_naming_group_and_reason() -> None:
+    desired = {("web",): Group({"memory.low": 64 << 20})}
+    plan = make_plan(
+        PlanInput(
+            desired=desired,
+            observed={},
+            capabilities=V1,
+            where=lambda p, k: f"p.yaml:7:12: groups.web.memory.{k}",
+        )
+    )
+    assert len(plan.errors) == 1
+    text = str(plan.errors[0])
+    assert "p.yaml:7:12" in text and "web memory.low" in text and "cgroup v1" in text
+    assert all(op.key != "memory.low" for op in plan.ops)
+
+
+def test_unsupported_knob_becomes_a_warning_when_policy_allows() -> None:
+    desired = {("web",): Group({"memory.low": 64 << 20})}
+    plan = make_plan(PlanInput(desired=desired, observed={}, capabilities=V1, on_unsupported="warn"))
+    assert not plan.errors
+    assert plan.warnings and plan.warnings[0].severity is Severity.WARNING
+    assert "left out" in plan.warnings[0].message
+
+
+def test_impossible_cpuset_is_an_error() -> None:
+    desired = {("web",): Group({"cpuset.cpus": CpuList((0, 7))})}
+    plan = make_plan(PlanInput(desired=desired, observed={}, capabilities=V2))
+    assert len(plan.errors) == 1 and "7" in plan.errors[0].message and "not online" in plan.errors[0].message
+
+
+def test_dropped_knob_is_reset_to_kernel_default_and_unnamed_knobs_left_alone() -> None:
+    before = {("web",): Group({"cpu.weight": 300, "pids.max": 50, "memory.max": 1 << 30})}
+    now = {("web",): Group({"cpu.weight": 300})}
+    observed = observed_as(before)
+    plan = make_plan(
+        PlanInput(
+            desired=now,
+            observed=observed,
+            capabilities=V2,
+            # cgctl set cpu.weight and pids.max last time; memory.max was set by someone else.
+            last_applied={("web",): frozenset({"cpu.weight", "pids.max"})},
+        )
+    )
+    assert [(op.kind, op.key, op.old, op.new) for op in plan.ops] == [(OpKind.RESET, "pids.max", 50, None)]
+
+
+def test_lowering_memory_max_below_usage_warns_before_applying() -> None:
+    desired = {("g",): Group({"memory.max": 10 << 20})}
+    observed = observed_as({("g",): Group({"memory.max": None})})
+    observed[("g",)].memory_current = 50 << 20
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert any("below current usage" in w.message for w in plan.warnings)
+
+
+def test_freeze_comes_last_and_thaw_only_when_self_frozen() -> None:
+    desired = {("a",): Group({"pids.max": 3}, frozen=True), ("b",): Group({}, frozen=False)}
+    observed = observed_as({("b",): Group({}, frozen=True)})
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert [op.kind for op in plan.ops][-2:] == [OpKind.THAW, OpKind.FREEZE]
+    assert plan.ops[-1].path == ("a",)
+
+
+def test_effective_value_makes_rounded_values_idempotent() -> None:
+    desired = {("g",): Group({"cpu.weight": 33})}
+    observed = observed_as({("g",): Group({"cpu.weight": 32})})
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert len(plan.ops) == 1
+    plan = make_plan(
+        PlanInput(desired=desired, observed=observed, capabilities=V2, effective=lambda k, v: 32)
+    )
+    assert plan.ops == []
+
+
+def test_prune_removes_only_owned_empty_groups_children_first() -> None:
+    desired = {("keep",): Group({})}
+    observed = observed_as(desired)
+    for path in [("old",), ("old", "child"), ("busy",), ("foreign",)]:
+        observed[path] = ObservedGroup(exists=True)
+    observed[("busy",)].populated = True
+    plan = make_plan(
+        PlanInput(
+            desired=desired,
+            observed=observed,
+            capabilities=V2,
+            owned=frozenset({("keep",), ("old",), ("old", "child"), ("busy",)}),
+            prune=True,
+        )
+    )
+    assert [(op.kind, op.path) for op in plan.ops] == [
+        (OpKind.REMOVE, ("old", "child")),
+        (OpKind.REMOVE, ("old",)),
+    ]
+    assert any("busy" in note for note in plan.notes)
+
+
+def test_io_max_is_planned_per_device() -> None:
+    from drivers.api import IoMax
+
+    key = setting_key(Knob.IO_MAX, "254:0")
+    desired = {("g",): Group({key: IoMax(rbps=1 << 20)})}
+    plan = make_plan(PlanInput(desired=desired, observed={}, capabilities=V2))
+    sets = [op for op in plan.ops if op.kind is OpKind.SET]
+    assert sets[0].key == "io.max[254:0]"
+    assert plan.ops[1].kind is OpKind.ENABLE and "io" in plan.ops[1].controllers
+
+
+def test_cpu_max_diff_shows_old_and_new() -> None:
+    desired = {("g",): Group({"cpu.max": CpuMax(150_000, 100_000)})}
+    observed = observed_as({("g",): Group({"cpu.max": CpuMax(None, 100_000)})})
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert plan.ops[0].describe() == "set    g cpu.max: max 100000 -> 150000 100000"
