@@ -125,8 +125,39 @@ def _report_plan_errors(prepared: Prepared) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
+def _via_agent(args: argparse.Namespace, request: dict[str, Any]) -> int | None:
+    """When an agent runs, writes go through its control socket so the host has one writer.
+    Returns the exit code, or None when no agent listens (the CLI then works directly)."""
+    if getattr(args, "no_agent", False):
+        return None
+    from .agent_args import DEFAULT_SOCKET
+    from .control import AgentUnavailable, call_agent
+
+    path = os.environ.get("CGCTL_AGENT_SOCKET", DEFAULT_SOCKET)
+    if not os.path.exists(path):
+        return None
+    try:
+        response = call_agent(path, request)
+    except AgentUnavailable:
+        return None
+    except PermissionError:
+        _err(f"an agent runs ({path}) but this user may not use its socket; ask root or the socket group")
+        return EXIT_USAGE
+    sys.stdout.write(str(response.get("stdout", "")))
+    if response.get("stderr"):
+        print(str(response["stderr"]).rstrip("\n"), file=sys.stderr)
+    return int(response.get("exit", EXIT_FAILED))
+
+
 async def _cmd_apply(args: argparse.Namespace) -> int:
     from drivers.api import DriverError
+
+    routed = _via_agent(
+        args,
+        {"op": "apply", "policy": os.path.abspath(args.file), "dry_run": args.dry_run, "prune": args.prune},
+    )
+    if routed is not None:
+        return routed
 
     from .engine import prepare, run_apply
     from .lock import writer_lock
@@ -139,12 +170,11 @@ async def _cmd_apply(args: argparse.Namespace) -> int:
             prepared = await prepare(policy, driver, prune=args.prune)
             if _report_plan_errors(prepared):
                 return EXIT_USAGE
-            if args.output == "json" and args.dry_run:
-                _print_json(prepared.plan.to_json())
-                return EXIT_OK
             if args.output != "json":
                 _print_plan(prepared)
             if args.dry_run or prepared.plan.in_sync:
+                if args.output == "json":
+                    _print_json({"plan": prepared.plan.to_json(), "result": None})
                 return EXIT_OK
             result = await run_apply(prepared, freeze_timeout=args.freeze_timeout)
     except DriverError as exc:
@@ -216,6 +246,11 @@ async def _cmd_freeze(args: argparse.Namespace, *, freeze: bool) -> int:
     from .lock import writer_lock
 
     path = _parse_group(args.group)
+    routed = _via_agent(
+        args, {"op": "freeze" if freeze else "thaw", "group": args.group, "timeout": args.timeout}
+    )
+    if routed is not None:
+        return routed
     root, driver_name = _root_and_driver(args)
     driver, _ = _driver_for(driver_name, root)
     try:
@@ -349,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--driver", help="override the policy's driver")
     p.add_argument("--freeze-timeout", type=float, default=10.0, metavar="S")
     p.add_argument("--output", choices=["text", "json"], default="text")
+    p.add_argument("--no-agent", action="store_true", help="work directly even when an agent runs")
 
     p = sub.add_parser("diff", help="show what apply would change (0 in sync, 1 changes pending, 2 error)")
     p.add_argument("file", metavar="FILE")
@@ -360,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{what} every process in a group; returns once the kernel confirms")
         p.add_argument("group", metavar="GROUP", help="policy path under the root, e.g. web/worker")
         p.add_argument("--timeout", type=float, default=10.0, metavar="S")
+        p.add_argument("--no-agent", action="store_true", help="work directly even when an agent runs")
         _add_target_options(p)
 
     p = sub.add_parser("show", help="a tree of groups: limits next to live usage")

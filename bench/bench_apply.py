@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Benchmark: ``cgctl apply`` of N new groups (cpu + memory + pids limits), whole process, against
+
+* a raw Python script doing the very same mkdir/write syscalls (os.mkdir + os.open/os.write), and
+* libcgroup's ``cgconfigparser`` (Debian ``cgroup-tools``) creating the same groups with the same limits,
+
+all measured in the same run, alternating, median of R rounds. Also: a re-apply of the unchanged policy
+(time, and the number of write operations it performed: must be zero) and ``cgctl freeze``/``thaw``
+whole-process latency. Prints figures and ratios; creates groups only under its own unique root and
+always removes them.
+
+Usage (as root): .venv/bin/python bench/bench_apply.py [--sizes 100,1000,5000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests import kernel  # noqa: E402
+
+LIMITS_V2 = {"cpu.weight": "200", "cpu.max": "50000 100000", "memory.max": str(64 << 20), "pids.max": "50"}
+LIMITS_V1 = {
+    "cpu": {"cpu.shares": "2048", "cpu.cfs_quota_us": "50000"},
+    "memory": {"memory.limit_in_bytes": str(64 << 20)},
+    "pids": {"pids.max": "50"},
+}
+
+
+def write_policy(path: Path, root: str, n: int) -> None:
+    lines = [f"version: 1\ndriver: cgroupfs\nroot: {root}\ngroups:\n"]
+    for i in range(n):
+        lines.append(
+            f"  g{i}:\n    cpu: {{weight: 200, max: 0.5}}\n    memory: {{max: 64M}}\n    pids: {{max: 50}}\n"
+        )
+    path.write_text("".join(lines))
+
+
+def cgctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cgctl", *args], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"cgctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return elapsed, proc
+
+
+RAW_SCRIPT = r"""
+import os, sys
+root, n, mode, hierarchies = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(",")
+def put(path, value):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+if mode == "v2":
+    base = "/sys/fs/cgroup/" + root
+    put("/sys/fs/cgroup/cgroup.subtree_control", "+cpu +memory +pids")
+    os.mkdir(base)
+    put(base + "/cgroup.subtree_control", "+cpu +memory +pids")
+    for i in range(n):
+        d = f"{base}/g{i}"
+        os.mkdir(d)
+        put(d + "/cpu.weight", "200"); put(d + "/cpu.max", "50000 100000")
+        put(d + "/memory.max", str(64 << 20)); put(d + "/pids.max", "50")
+else:
+    for h in hierarchies:
+        os.mkdir(f"/sys/fs/cgroup/{h}/{root}")
+    for i in range(n):
+        for h in hierarchies:
+            os.mkdir(f"/sys/fs/cgroup/{h}/{root}/g{i}")
+        c = f"/sys/fs/cgroup/cpu/{root}/g{i}"
+        put(c + "/cpu.shares", "2048"); put(c + "/cpu.cfs_quota_us", "50000")
+        put(f"/sys/fs/cgroup/memory/{root}/g{i}/memory.limit_in_bytes", str(64 << 20))
+        put(f"/sys/fs/cgroup/pids/{root}/g{i}/pids.max", "50")
+"""
+
+
+def raw(root: str, n: int, mode: str, hierarchies: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", RAW_SCRIPT, root, str(n), mode, ",".join(hierarchies)], check=True)
+    return time.perf_counter() - start
+
+
+def cgconfigparser(root: str, n: int, tmp: Path) -> float | None:
+    exe = shutil.which("cgconfigparser")
+    if exe is None or kernel.is_pure_v2():
+        return None
+    conf = tmp / "cgconfig.conf"
+    parts = [f"group {root} {{ cpu {{ }} memory {{ }} pids {{ }} }}\n"]
+    for i in range(n):
+        parts.append(
+            f"group {root}/g{i} {{ cpu {{ cpu.shares = 2048; cpu.cfs_quota_us = 50000; }} "
+            f"memory {{ memory.limit_in_bytes = {64 << 20}; }} pids {{ pids.max = 50; }} }}\n"
+        )
+    conf.write_text("".join(parts))
+    start = time.perf_counter()
+    subprocess.run([exe, "-l", str(conf)], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def hierarchies_of(root: str) -> list[str]:
+    return [h for h in kernel.V1_HIERARCHIES if os.path.isdir(f"/sys/fs/cgroup/{h}/{root}")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    mode = "v2" if kernel.is_pure_v2() else "v1"
+    print(f"# cgctl apply benchmark — cgroup {mode}, kernel {os.uname().release}, {os.cpu_count()} CPUs")
+    print(
+        f"{'N':>6} {'cgctl s':>9} {'raw s':>8} {'cgconf s':>9} {'cgctl/raw':>10} {'cgconf/cgctl':>13} "
+        f"{'reapply s':>10} {'reapply ops':>12}"
+    )
+    with tempfile.TemporaryDirectory(prefix="cgctl-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        env = dict(
+            os.environ,
+            CGCTL_STATE_DIR=str(tmp / "state"),
+            CGCTL_RUN_DIR=str(tmp / "run"),
+            CGCTL_AGENT_SOCKET=str(tmp / "none.sock"),
+        )
+        for n in [int(s) for s in args.sizes.split(",")]:
+            t_cgctl: list[float] = []
+            t_raw: list[float] = []
+            t_conf: list[float] = []
+            t_re: list[float] = []
+            reapply_ops = -1
+            for _ in range(args.rounds):
+                root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
+                policy = tmp / "policy.yaml"
+                write_policy(policy, root, n)
+                shutil.rmtree(tmp / "state", ignore_errors=True)
+                try:
+                    elapsed, _ = cgctl(env, "apply", str(policy))
+                    t_cgctl.append(elapsed)
+                    hierarchies = hierarchies_of(root)
+                    elapsed, proc = cgctl(env, "apply", str(policy), "--output", "json")
+                    t_re.append(elapsed)
+                    report = json.loads(proc.stdout)
+                    reapply_ops = len(report["plan"]["ops"]) + (report["result"] or {}).get("steps_done", 0)
+                finally:
+                    kernel.remove_tree(root)
+                root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
+                try:
+                    t_raw.append(raw(root, n, mode, hierarchies))
+                finally:
+                    kernel.remove_tree(root)
+                root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
+                try:
+                    conf = cgconfigparser(root, n, tmp)
+                    if conf is not None:
+                        t_conf.append(conf)
+                finally:
+                    kernel.remove_tree(root)
+            m_cgctl, m_raw = statistics.median(t_cgctl), statistics.median(t_raw)
+            m_conf = statistics.median(t_conf) if t_conf else float("nan")
+            print(
+                f"{n:>6} {m_cgctl:>9.3f} {m_raw:>8.3f} {m_conf:>9.3f} {m_cgctl / m_raw:>10.2f} "
+                f"{m_conf / m_cgctl:>13.2f} {statistics.median(t_re):>10.3f} {reapply_ops:>12}"
+            )
+        freeze_latency(env, tmp)
+
+
+def freeze_latency(env: dict[str, str], tmp: Path, rounds: int = 15) -> None:
+    root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
+    policy = tmp / "freeze.yaml"
+    policy.write_text(
+        f"version: 1\ndriver: cgroupfs\nroot: {root}\ngroups:\n  busy: {{pids: {{max: 1000}}}}\n"
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        cgctl(env, "apply", str(policy))
+        procs = [kernel.busy_loop() for _ in range(100)]
+        cgctl(env, "move", "busy", *[str(p.pid) for p in procs], "--root", root, "--driver", "cgroupfs")
+        freezes, thaws = [], []
+        for _ in range(rounds):
+            freezes.append(cgctl(env, "freeze", "busy", "--root", root, "--driver", "cgroupfs")[0])
+            thaws.append(cgctl(env, "thaw", "busy", "--root", root, "--driver", "cgroupfs")[0])
+        p50, worst, thaw = statistics.median(freezes), max(freezes), statistics.median(thaws)
+        print(
+            f"# cgctl freeze whole process, 100 busy processes: p50 {p50 * 1000:.0f} ms, "
+            f"max {worst * 1000:.0f} ms; thaw p50 {thaw * 1000:.0f} ms"
+        )
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        print(f"# (bare python start in the same run: {(time.perf_counter() - start) * 1000:.0f} ms)")
+    finally:
+        kernel.remove_tree(root, {p.pid for p in procs})
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The cgctl command on this host's own kernel (cgroup v1 / hybrid here): the shared end-to-end cases,
+plus rollback after failures only v1 produces."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests import kernel
+from tests.cli_cases import *  # noqa: F403 - the shared cases run here with this module's marker
+from tests.cli_cases import Env, snapshot
+
+pytestmark = [
+    pytest.mark.host,
+    pytest.mark.skipif(kernel.is_pure_v2(), reason="host is pure cgroup v2: the v1 cases do not apply"),
+]
+
+
+def test_kernel_rejecting_a_cpuset_mid_apply_rolls_back_to_an_identical_tree(env: Env) -> None:
+    env.cgctl(
+        "apply",
+        str(
+            env.policy(
+                """
+groups:
+  a: {cpu: {weight: 100}}
+  p:
+    cpu: {cpus: "0"}
+    groups:
+      c: {pids: {max: 9}}
+"""
+            )
+        ),
+    )
+    before = snapshot(env.root)
+    # v1 requires a child's cpuset to be a subset of its parent's; the kernel refuses cpus 1 under 0.
+    bad = env.policy(
+        """
+groups:
+  a: {cpu: {weight: 300}}
+  p:
+    cpu: {cpus: "0"}
+    groups:
+      c: {pids: {max: 4}, cpu: {cpus: "1"}}
+  new: {pids: {max: 3}}
+""",
+        name="bad.yaml",
+    )
+    proc = env.cgctl("apply", str(bad), check=1)
+    assert "apply failed" in proc.stderr and "cpuset.cpus" in proc.stderr
+    assert "kernel said:" in proc.stderr
+    assert "the tree is as it was before" in proc.stderr
+    assert snapshot(env.root) == before
+    assert not kernel.exists(env.root, "new")
+
+
+def test_lowering_memory_max_below_usage_fails_with_ebusy_and_rolls_back(env: Env) -> None:
+    policy = env.policy(
+        """
+groups:
+  a: {cpu: {weight: 100}}
+  hog: {memory: {max: 512M}}
+"""
+    )
+    env.cgctl("apply", str(policy))
+    hog = env.spawn("python3", "-c", "import time; x = b'\\x01' * (96 << 20); time.sleep(300)")
+    env.cgctl("move", "hog", str(hog.pid), "--root", env.root, "--driver", "cgroupfs")
+    usage = kernel.v1_dir("memory", env.root, "hog", "memory.usage_in_bytes")
+    deadline = time.monotonic() + 20
+    while int(kernel.read(usage)) < 90 << 20:
+        assert time.monotonic() < deadline, "the allocation never showed up in memory.usage_in_bytes"
+        time.sleep(0.1)
+    before = snapshot(env.root)
+    lower = env.policy(
+        """
+groups:
+  a: {cpu: {weight: 300}}
+  hog: {memory: {max: 16M}}
+""",
+        name="lower.yaml",
+    )
+    plan = env.cgctl("apply", str(lower), "--dry-run")
+    assert "below current usage" in plan.stderr
+    proc = env.cgctl("apply", str(lower), check=1)
+    assert "memory.limit_in_bytes" in proc.stderr and "Device or resource busy" in proc.stderr
+    assert "the tree is as it was before" in proc.stderr
+    assert snapshot(env.root) == before
+    assert hog.poll() is None, "apply must never kill processes"
