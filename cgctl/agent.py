@@ -55,6 +55,7 @@ class Agent:
         self.wake_event = asyncio.Event()
         self.wake_reason = "interval"
         self.reconciler: Reconciler | None = None
+        self.cgroup_mode = ""
         self.metrics: Any = None  # exporters.AgentMetrics, created in run()
         self._servers: list[Any] = []
 
@@ -89,6 +90,7 @@ class Agent:
         except DriverError as exc:
             log.error("event=probe_failed error=%r", str(exc))
             return 1
+        self.cgroup_mode = capabilities.mode.value
         self.metrics = _make_metrics(driver.name, capabilities.mode.value)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)

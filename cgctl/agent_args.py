@@ -27,3 +27,15 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH", help="control socket ('' disables)")
     p.add_argument("--socket-group", default=None, metavar="GROUP", help="also allow this group")
     p.add_argument("--driver", default=None, help="override the policy's driver")
+    p.add_argument(
+        "--export-subtree",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also export usage of cgroups under PATH (read-only; repeatable), e.g. /system.slice",
+    )
+    p.add_argument("--export-include", action="append", default=[], metavar="GLOB", help="only these cgroups")
+    p.add_argument(
+        "--export-exclude", action="append", default=[], metavar="GLOB", help="skip these subtrees"
+    )
+    p.add_argument("--export-max-depth", type=int, default=2, metavar="N", help="levels below each subtree")

@@ -290,7 +290,7 @@ async def _cmd_move(args: argparse.Namespace) -> int:
 def _cmd_exec(args: argparse.Namespace) -> int:
     from drivers.api import DriverError
 
-    command = list(args.command)
+    command = list(args.argv)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("exec", help="run a command inside a group (it joins before it executes)")
     p.add_argument("group", metavar="GROUP")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p.add_argument("argv", nargs="*", metavar="CMD", help="the command, after --")
     _add_target_options(p)
 
     p = sub.add_parser("move", help="move running processes into a group")
@@ -428,7 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # `cgctl exec GROUP [options] -- CMD ARGS...`: everything after the first "--" is the command,
+    # options included (argparse's own "--" handling does not reach through subcommands).
+    command_words: list[str] = []
+    if "--" in words and "exec" in words[: words.index("--")]:
+        split = words.index("--")
+        words, command_words = words[:split], words[split + 1 :]
+    args = parser.parse_args(words)
+    if command_words:
+        args.argv = [*args.argv, *command_words]
     try:
         command: str = args.command
         if command == "exec":

@@ -113,18 +113,18 @@ def kernel_limits(root: str, *group: str) -> dict[str, str]:
     }
 
 
+# Limit files only: usage counters and statistics change on their own.
+LIMIT_PREFIXES = ("cpu.", "memory.", "pids.", "cpuset.", "io.", "blkio.throttle")
+NOT_LIMITS = ("stat", "current", "events", "pressure", "usage", "peak", "failcnt", "numa")
+
+
 def snapshot(root: str) -> dict[str, object]:
     """Every group dir under the root with every readable limit file's content: 'the tree'."""
     tree: dict[str, object] = {}
     for top in kernel.group_dirs(root):
         for dirpath, _dirs, files in os.walk(top):
             for name in files:
-                if name.startswith(
-                    ("cpu.", "memory.", "pids.", "cpuset.", "io.", "blkio.throttle")
-                ) and not any(
-                    name.endswith(s)
-                    for s in ("stat", "current", "events", "pressure", "usage", "peak", "local", "numa_stat")
-                ):
+                if name.startswith(LIMIT_PREFIXES) and not any(s in name for s in NOT_LIMITS):
                     try:
                         tree[os.path.join(dirpath, name)] = kernel.read(os.path.join(dirpath, name))
                     except OSError:

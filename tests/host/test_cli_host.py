@@ -3,6 +3,7 @@ plus rollback after failures only v1 produces."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -64,8 +65,22 @@ groups:
 """
     )
     env.cgctl("apply", str(policy))
-    hog = env.spawn("python3", "-c", "import time; x = b'\\x01' * (96 << 20); time.sleep(300)")
-    env.cgctl("move", "hog", str(hog.pid), "--root", env.root, "--driver", "cgroupfs")
+    # v1 charges memory where it was allocated: the hog must allocate after joining (cgctl exec).
+    hog = env.spawn(
+        sys.executable,
+        "-m",
+        "cgctl",
+        "exec",
+        "hog",
+        "--root",
+        env.root,
+        "--driver",
+        "cgroupfs",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; x = b'\\x01' * (96 << 20); time.sleep(300)",
+    )
     usage = kernel.v1_dir("memory", env.root, "hog", "memory.usage_in_bytes")
     deadline = time.monotonic() + 20
     while int(kernel.read(usage)) < 90 << 20:
