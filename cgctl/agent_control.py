@@ -61,7 +61,7 @@ async def _apply(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
         plan = prepared.plan
         if plan.errors:
             return _reply(2, stderr="\n".join(str(e) for e in plan.errors))
-        lines = [op.describe(reconciler.driver.target_of) for op in plan.ops] + [f"# {n}" for n in plan.notes]
+        lines = [op.describe(reconciler.driver) for op in plan.ops] + [f"# {n}" for n in plan.notes]
         warnings = "\n".join(f"warning: {w}" for w in plan.warnings)
         if request.get("dry_run") or not plan.ops:
             lines.append("# in sync: nothing to do" if not plan.ops else "# dry run: nothing written")

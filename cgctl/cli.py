@@ -101,7 +101,7 @@ def _print_plan(prepared: Prepared, *, header: bool = True) -> None:
         caps = prepared.capabilities
         print(f"# driver {driver.name} ({caps.mode}), root {prepared.policy.root}")
     for op in plan.ops:
-        print(op.describe(driver.target_of))
+        print(op.describe(driver))
     for note in plan.notes:
         print(f"# {note}")
     for issue in plan.warnings:
@@ -131,7 +131,7 @@ def _via_agent(args: argparse.Namespace, request: dict[str, Any]) -> int | None:
     if getattr(args, "no_agent", False):
         return None
     from .agent_args import DEFAULT_SOCKET
-    from .control import AgentUnavailable, call_agent
+    from .control import AgentError, AgentUnavailable, call_agent
 
     path = os.environ.get("CGCTL_AGENT_SOCKET", DEFAULT_SOCKET)
     if not os.path.exists(path):
@@ -140,6 +140,9 @@ def _via_agent(args: argparse.Namespace, request: dict[str, Any]) -> int | None:
         response = call_agent(path, request)
     except AgentUnavailable:
         return None
+    except AgentError as exc:
+        _err(str(exc), "nothing was done directly: with an agent running it is the only writer (--no-agent)")
+        return EXIT_FAILED
     except PermissionError:
         _err(f"an agent runs ({path}) but this user may not use its socket; ask root or the socket group")
         return EXIT_USAGE
@@ -192,7 +195,7 @@ async def _cmd_apply(args: argparse.Namespace) -> int:
         return EXIT_OK
     assert result.failed is not None and result.error is not None
     error = result.error
-    details = [f"step: {result.failed.describe(driver.target_of)}"]
+    details = [f"step: {result.failed.describe(driver)}"]
     if error.target:
         details.append(f"file: {error.target}")
     if error.value is not None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import grp
 import json
+import logging
 import os
 import socket
 import struct
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_REQUEST_BYTES = 64 * 1024
+
+log = logging.getLogger("cgctl.agent")
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,11 @@ class ControlServer:
             except ValueError as exc:
                 await self._reply(writer, {"ok": False, "exit": 2, "stderr": f"bad request: {exc}"})
                 return
-            response = await self.handler(request)
+            try:
+                response = await self.handler(request)
+            except Exception as exc:  # a bug must not leave the client without an answer
+                log.exception("event=control_request_failed request=%r", request)
+                response = {"ok": False, "exit": 1, "stderr": f"agent error: {type(exc).__name__}: {exc}"}
             await self._reply(writer, response)
         finally:
             writer.close()
@@ -136,10 +143,16 @@ def call_agent(path: str, request: dict[str, Any], timeout: float = 120.0) -> di
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise AgentUnavailable(str(exc)) from None
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        except OSError as exc:
+            raise AgentError(f"sending to the agent at {path} failed: {exc}") from None
         chunks = []
         while True:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                raise AgentError(f"the agent at {path} did not answer within {timeout:.0f}s") from None
             if not chunk:
                 break
             chunks.append(chunk)
@@ -147,6 +160,11 @@ def call_agent(path: str, request: dict[str, Any], timeout: float = 120.0) -> di
         sock.close()
     data = b"".join(chunks)
     if not data:
-        raise AgentUnavailable("the agent closed the connection without answering")
+        # Connected but no answer: the agent exists, so working around it would make two writers.
+        raise AgentError(f"the agent at {path} closed the connection without answering; see its log")
     response: dict[str, Any] = json.loads(data)
     return response
+
+
+class AgentError(Exception):
+    """An agent listens but the exchange failed: never fall back to writing directly."""

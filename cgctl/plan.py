@@ -46,6 +46,14 @@ class DesiredGroup(Protocol):
     def frozen(self) -> bool | None: ...
 
 
+class Describer(Protocol):
+    """How a driver names where a setting lands and how it writes a value (drivers.api.Driver)."""
+
+    def target_of(self, path: GroupPath, key: SettingKey) -> str: ...
+
+    def describe_value(self, key: SettingKey, value: Value) -> str: ...
+
+
 class Severity(enum.StrEnum):
     ERROR = "error"
     WARNING = "warning"
@@ -88,11 +96,16 @@ class Op:
     # REMOVE only: the group's settings before removal, so a rollback can recreate it faithfully.
     snapshot: tuple[tuple[SettingKey, Value], ...] = ()
 
-    def describe(self, target: Callable[[GroupPath, SettingKey], str] | None = None) -> str:
+    def describe(self, driver: Describer | None = None) -> str:
+        """One plan line; with a driver, in its terms (a file path, or a unit and its properties)."""
         where = format_path(self.path)
         if self.kind in (OpKind.SET, OpKind.RESET) and self.key is not None:
-            name = target(self.path, self.key) if target else f"{where} {self.key}"
-            return f"{self.kind:<6} {name}: {format_value(self.old)} -> {format_value(self.new)}"
+            if driver is None:
+                return (
+                    f"{self.kind:<6} {where} {self.key}: {format_value(self.old)} -> {format_value(self.new)}"
+                )
+            old, new = driver.describe_value(self.key, self.old), driver.describe_value(self.key, self.new)
+            return f"{self.kind:<6} {driver.target_of(self.path, self.key)}: {old} -> {new}"
         if self.kind is OpKind.ENABLE:
             return f"{self.kind:<6} {where} subtree_control: +{' +'.join(sorted(self.controllers))}"
         return f"{self.kind:<6} {where}"

@@ -83,7 +83,7 @@ def render_tree(root: str, rows: list[dict[str, Any]]) -> str:
             table.append((name, "-", "-", "-", "-", "(missing)"))
             continue
         cpu = "-" if row["cpu_seconds"] is None else f"{row['cpu_seconds']:.2f}s"
-        mem = "-" if row["memory_bytes"] is None else format_size(row["memory_bytes"])
+        mem = "-" if row["memory_bytes"] is None else format_size(row["memory_bytes"], exact=False)
         mem += _fmt_limit(row["memory_max"], "memory.max" in row["limits"], format_size)
         pids = "-" if row["pids"] is None else str(row["pids"])
         pids += _fmt_limit(row["pids_max"], "pids.max" in row["limits"])

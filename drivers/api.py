@@ -355,8 +355,13 @@ class Driver(abc.ABC):
         return value
 
     def target_of(self, path: GroupPath, key: SettingKey) -> str:
-        """Where a setting lands, for people: a file path, or ``unit property`` under systemd."""
+        """Where a setting lands, for people: a file path, or the unit under systemd."""
         return f"{format_path(path)}:{key}"
+
+    def describe_value(self, key: SettingKey, value: Value) -> str:
+        """A value as this backend writes it, for plans: v2 file syntax by default; systemd shows its
+        properties (``CPUQuotaPerSecUSec=130000 CPUQuotaPeriodUSec=100000``)."""
+        return format_value(value)
 
     @abc.abstractmethod
     async def observe(
