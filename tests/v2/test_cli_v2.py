@@ -29,14 +29,15 @@ groups:
     env.cgctl("move", "app", str(sleeper.pid), "--root", env.root, "--driver", "cgroupfs")
     before = snapshot(env.root)
     root_subtree = kernel.read(kernel.v2_dir(env.root, "cgroup.subtree_control"))
-    # app now holds a process: the kernel refuses to enable +pids in its subtree_control (EBUSY).
+    # app now holds a process: the kernel refuses to enable a domain controller (+memory) in its
+    # subtree_control (EBUSY, the no-internal-processes rule; pids would be allowed: it is threaded).
     bad = env.policy(
         """
 groups:
   a: {cpu: {weight: 300}}
   app:
     groups:
-      child: {pids: {max: 5}}
+      child: {memory: {max: 64M}}
 """,
         name="bad.yaml",
     )
