@@ -278,7 +278,8 @@ def make_plan(inp: PlanInput) -> Plan:
                 continue
             controllers.add(split_key(key)[0].controller)
             want = inp.effective(key, value)
-            old = now.values.get(key) if now.exists else None
+            # A group about to be created starts with the kernel's defaults: show those as "before".
+            old = now.values.get(key) if now.exists else KERNEL_DEFAULTS[split_key(key)[0]]
             if not now.exists or key not in now.values or now.values[key] != want:
                 ops.append(Op(OpKind.SET, path, key, old, value))
             if (
