@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -104,6 +105,10 @@ class Agent:
             log.error("event=listen_failed error=%r", str(exc))
             await driver.close()
             return 1
+        # Everything allocated so far (modules, the policy, the driver) lives for the whole run: move it
+        # out of the collector's sight, so a full collection during a 5000-group scrape does not walk it
+        # (measured: the longest loop stall fell from 42.6 ms to 7.1 ms; bench/RESULTS-scrape.md).
+        gc.freeze()
         self.notifier.notify(READY=1, STATUS=self._status())
         log.info("event=ready")
 
