@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,11 @@ def _err(message: str, *details: str) -> None:
     print(f"cgctl: {message}", file=sys.stderr)
     for line in details:
         print(f"  {line}", file=sys.stderr)
+
+
+def _ms(timings: dict[str, float]) -> dict[str, float]:
+    """Phase timings for --output json, in milliseconds."""
+    return {phase: round(seconds * 1000, 2) for phase, seconds in timings.items()}
 
 
 def _print_json(data: object) -> None:
@@ -166,7 +172,9 @@ async def _cmd_apply(args: argparse.Namespace) -> int:
     from .lock import writer_lock
     from .plan import summarize
 
+    loading = time.perf_counter()
     policy = _load_policy(args.file)
+    load_seconds = time.perf_counter() - loading
     driver, _ = _policy_driver(policy, args.driver)
     try:
         with writer_lock():
@@ -177,7 +185,8 @@ async def _cmd_apply(args: argparse.Namespace) -> int:
                 _print_plan(prepared)
             if args.dry_run or prepared.plan.in_sync:
                 if args.output == "json":
-                    _print_json({"plan": prepared.plan.to_json(), "result": None})
+                    timings = {"load": load_seconds, **prepared.timings}
+                    _print_json({"plan": prepared.plan.to_json(), "result": None, "timings": _ms(timings)})
                 return EXIT_OK
             result = await run_apply(prepared, freeze_timeout=args.freeze_timeout)
     except DriverError as exc:
@@ -186,7 +195,8 @@ async def _cmd_apply(args: argparse.Namespace) -> int:
     finally:
         await driver.close()
     if args.output == "json":
-        _print_json({"plan": prepared.plan.to_json(), "result": result.to_json()})
+        timings = {"load": load_seconds, **prepared.timings, "apply": result.seconds}
+        _print_json({"plan": prepared.plan.to_json(), "result": result.to_json(), "timings": _ms(timings)})
     for note in result.notes:
         print(f"# {note}")
     if result.ok:

@@ -6,6 +6,7 @@ CLI and the agent cannot drift apart in what "apply" means.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class Prepared:
     observed: dict[GroupPath, ObservedGroup]
     state: State
     plan: Plan
+    timings: dict[str, float]  # seconds per phase, for --output json and benchmarks
 
 
 def _where(policy: Policy) -> Callable[[GroupPath, SettingKey | None], str]:
@@ -39,11 +41,14 @@ def _where(policy: Policy) -> Callable[[GroupPath, SettingKey | None], str]:
 
 
 async def prepare(policy: Policy, driver: Driver, *, prune: bool = False) -> Prepared:
+    started = time.perf_counter()
     capabilities = await driver.probe()
     state = State.load(driver.name, policy.root)
     keys = keys_to_observe(policy.groups, state.last_applied)
     paths = {(), *policy.groups, *state.created}
+    probed = time.perf_counter()
     observed = await driver.observe(sorted(paths), keys)
+    observed_at = time.perf_counter()
     plan = make_plan(
         PlanInput(
             desired=policy.groups,
@@ -57,7 +62,12 @@ async def prepare(policy: Policy, driver: Driver, *, prune: bool = False) -> Pre
             effective=driver.effective_value,
         )
     )
-    return Prepared(policy, driver, capabilities, observed, state, plan)
+    timings = {
+        "probe": probed - started,
+        "observe": observed_at - probed,
+        "plan": time.perf_counter() - observed_at,
+    }
+    return Prepared(policy, driver, capabilities, observed, state, plan, timings)
 
 
 def applied_settings(prepared: Prepared) -> Mapping[GroupPath, frozenset[SettingKey]]:
