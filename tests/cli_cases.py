@@ -4,6 +4,7 @@ the real command in a subprocess under a uniquely named root and reads the kerne
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -238,3 +239,32 @@ groups:
     assert not kernel.exists(env.root, "web")
     assert kernel.exists(env.root, "batch"), "a populated group was removed"
     assert kernel.exists(env.root, "keep")
+
+
+def test_show_puts_limits_next_to_live_usage(env: Env) -> None:
+    policy = env.policy(BASIC)
+    env.cgctl("apply", str(policy))
+    sleeper = env.spawn("sleep", "300")
+    env.cgctl("move", "web/worker", str(sleeper.pid), "--root", env.root, "--driver", "cgroupfs")
+    rows = {
+        r["group"]: r
+        for r in json.loads(env.cgctl("show", "--policy", str(policy), "--output", "json").stdout)["groups"]
+    }
+    assert rows["web"]["memory_max"] == 64 << 20 and rows["web"]["pids_max"] == 50
+    assert rows["web/worker"]["pids"] == 1 and rows["web/worker"]["pids_max"] == 10
+    assert rows["web/worker"]["populated"] is True and rows["batch"]["frozen"] is False
+    tree = env.cgctl("show", "--policy", str(policy)).stdout
+    assert tree.splitlines()[0] == f"{env.root}/"
+    assert "└─ worker" in tree and "1 / 10" in tree
+
+
+def test_check_describes_the_host_and_whether_it_can_honour_a_policy(env: Env) -> None:
+    report = json.loads(env.cgctl("check", "--output", "json").stdout)
+    mode = report["drivers"]["cgroupfs"]["mode"]
+    assert mode == (
+        "v2" if kernel.is_pure_v2() else "hybrid" if os.path.isdir("/sys/fs/cgroup/unified") else "v1"
+    )
+    assert "CONFIG_CGROUPS" in report["kernel_config"]["flags"]
+    ok = json.loads(env.cgctl("check", str(env.policy(BASIC)), "--output", "json").stdout)
+    assert ok["policy"]["errors"] == [] and ok["policy"]["pending_changes"] > 0
+    assert not kernel.exists(env.root), "check must not write"
