@@ -89,18 +89,19 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            sock = writer.get_extra_info("socket")
-            peer = peer_of(sock)
+            peer = peer_of(writer.get_extra_info("socket"))
+            # Read the (bounded) request line before answering, also for a refused peer: replying and
+            # closing first would make the client's send fail with EPIPE instead of showing the refusal.
+            try:
+                line = await asyncio.wait_for(reader.readline(), timeout=10)
+            except (TimeoutError, ValueError):
+                return
             if not peer_allowed(peer, self.group):
                 who = f"uid {peer.uid}"
                 allowed = "root" + (f" or members of group {self.group!r}" if self.group else "")
                 await self._reply(
                     writer, {"ok": False, "exit": 2, "stderr": f"refused: {who}; only {allowed}"}
                 )
-                return
-            try:
-                line = await asyncio.wait_for(reader.readline(), timeout=10)
-            except (TimeoutError, ValueError):
                 return
             if len(line) > MAX_REQUEST_BYTES:
                 await self._reply(writer, {"ok": False, "exit": 2, "stderr": "request too large"})

@@ -68,29 +68,21 @@ def _extra_subtrees(agent: Agent, known: set[str]) -> dict[str, GroupUsage]:
         return {}
     from drivers.cgroupfs import usage as cgusage
 
-    mode = agent.cgroup_mode
-    if mode == CgroupMode.V2.value:
-        mount = "/sys/fs/cgroup"
-        cgroups = cgusage.discover(
-            mount,
-            args.export_subtree,
-            include=args.export_include or ["*"],
-            exclude=args.export_exclude,
-            max_depth=args.export_max_depth,
-        )
-        found = cgusage.read_v2(mount, [c for c in cgroups if c not in known])
+    if agent.cgroup_mode == CgroupMode.V2.value:
+        hierarchies: dict[str, str] = {}
+        walk_root = "/sys/fs/cgroup"
     else:
         hierarchies = cgusage.v1_hierarchies()
         walk_root = hierarchies.get("memory") or next(iter(hierarchies.values()), "/sys/fs/cgroup")
-        cgroups = cgusage.discover(
-            walk_root,
-            args.export_subtree,
-            include=args.export_include or ["*"],
-            exclude=args.export_exclude,
-            max_depth=args.export_max_depth,
-        )
-        found = cgusage.read_v1(hierarchies, [c for c in cgroups if c not in known])
-    return found
+    cgroups = cgusage.discover(
+        walk_root,
+        args.export_subtree,
+        include=args.export_include or ["*"],
+        exclude=args.export_exclude,
+        max_depth=args.export_max_depth,
+    )
+    fresh = [c for c in cgroups if c not in known]
+    return cgusage.read_v1(hierarchies, fresh) if hierarchies else cgusage.read_v2(walk_root, fresh)
 
 
 async def start_metrics_server(agent: Agent, listen: tuple[str, int]) -> MetricsServer:

@@ -21,6 +21,7 @@ from typing import Literal, TypeAlias
 from prometheus_client.metrics_core import Metric
 
 from drivers.api import CpuMax, GroupUsage, IoMax, split_key
+from drivers.cgroupfs.usage import MEMORY_STAT_V2
 
 Kind: TypeAlias = Literal["counter", "gauge", "histogram", "info"]
 Extra: TypeAlias = tuple[tuple[str, str], ...]
@@ -132,21 +133,7 @@ ALL_FAMILIES: tuple[FamilySpec, ...] = GROUP_FAMILIES + AGENT_FAMILIES
 # Every sample name cgctl can emit (dashboards and alert rules are checked against it).
 EXPORTED_METRIC_NAMES: frozenset[str] = frozenset(name for spec in ALL_FAMILIES for name in spec.sample_names)
 
-MEMORY_STAT_TYPES: frozenset[str] = frozenset(
-    (
-        "anon",
-        "file",
-        "kernel",
-        "slab",
-        "sock",
-        "shmem",
-        "file_mapped",
-        "file_dirty",
-        "file_writeback",
-        "active_file",
-        "inactive_file",
-    )
-)
+MEMORY_STAT_TYPES: frozenset[str] = frozenset(MEMORY_STAT_V2)
 
 APPLY_RESULTS: tuple[str, ...] = ("ok", "error", "partial")
 APPLY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

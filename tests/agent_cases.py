@@ -113,7 +113,13 @@ def write_policy(path: Path, root: str, pids: int | str = 50) -> None:
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[RunningAgent]:
+def extra_agent_args() -> list[str]:
+    """Extra command-line arguments for the agent (a test overrides this with parametrize)."""
+    return []
+
+
+@pytest.fixture
+def agent(tmp_path: Path, extra_agent_args: list[str]) -> Iterator[RunningAgent]:
     root = f"cgctl-test-{uuid.uuid4().hex[:10]}"
     policy = tmp_path / "policy.yaml"
     write_policy(policy, root)
@@ -146,6 +152,7 @@ def agent(tmp_path: Path) -> Iterator[RunningAgent]:
             "1",
             "--socket",
             str(control),
+            *extra_agent_args,
         ],
         env=env,
         cwd=REPO,
@@ -277,3 +284,25 @@ def test_sigterm_exits_cleanly(agent: RunningAgent) -> None:
     assert agent.proc.wait(timeout=20) == 0
     agent.wait_notify("STOPPING=1")
     assert not agent.control.exists()
+
+
+SIDE = f"cgctl-test-side-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.parametrize(
+    "extra_agent_args",
+    [["--export-subtree", f"/{SIDE}", "--export-exclude", f"/{SIDE}/skip*", "--export-max-depth", "1"]],
+)
+def test_other_subtrees_are_exported_read_only_with_filters(agent: RunningAgent) -> None:
+    agent.wait_notify("READY=1")
+    try:
+        for name in ("x", "skipme"):
+            for directory in kernel.group_dirs(SIDE, name):
+                os.makedirs(directory)
+        text = agent.metrics()
+        series = [line for line in text.splitlines() if line.startswith("cgroup_pids_current{")]
+        assert any(f'cgroup="/{SIDE}/x"' in line and 'group=""' in line for line in series), series
+        assert not any("skipme" in line for line in series)
+        assert any(f'cgroup="/{agent.root}/web"' in line and 'group="web"' in line for line in series)
+    finally:
+        kernel.remove_tree(SIDE)
