@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.api import Driver, GroupPath, Knob, SettingKey, format_path, format_value
 
 from .state import State
-from .units import format_size
+from .units import format_setting, format_size
 
 if TYPE_CHECKING:
     from .policy import Policy
@@ -51,6 +51,7 @@ async def collect_show(driver: Driver, policy: Policy | None, only: GroupPath | 
                 "exists": True,
                 "cgroup": seen.display,
                 "limits": {k: format_value(v) for k, v in sorted(seen.values.items())},
+                "limits_text": {k: format_setting(k, v) for k, v in sorted(seen.values.items())},
                 "cpu_seconds": None if use is None else use.cpu_usage_seconds,
                 "memory_bytes": None if use is None else use.memory_usage_bytes,
                 "memory_max": None if Knob.MEMORY_MAX.value not in seen.values else memory_max,
@@ -87,7 +88,7 @@ def render_tree(root: str, rows: list[dict[str, Any]]) -> str:
         mem += _fmt_limit(row["memory_max"], "memory.max" in row["limits"], format_size)
         pids = "-" if row["pids"] is None else str(row["pids"])
         pids += _fmt_limit(row["pids_max"], "pids.max" in row["limits"])
-        limits = " ".join(f"{k}={v}" for k, v in row["limits"].items())
+        limits = ", ".join(f"{k} {v}" for k, v in row["limits_text"].items())
         table.append((name, cpu, mem, pids, "yes" if row["frozen"] else "no", limits))
     widths = [max(len(r[c]) for r in table) for c in range(len(header) - 1)]
     lines = [f"{root}/"]
