@@ -23,6 +23,7 @@ SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
+CALL_TIMEOUT_S = 60
 
 
 class Systemd:
@@ -40,16 +41,16 @@ class Systemd:
         path: str = MANAGER_PATH,
         interface: str = MANAGER,
     ) -> list[Any]:
-        reply = await self.bus.call(
-            Message(
-                destination=SYSTEMD,
-                path=path,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=body or [],
-            )
+        message = Message(
+            destination=SYSTEMD,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
         )
+        # Bounded: a systemd that stops answering must fail the test, not hang the VM until its timeout.
+        reply = await asyncio.wait_for(self.bus.call(message), CALL_TIMEOUT_S)
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             raise RuntimeError(f"{member}: {reply.error_name}: {reply.body}")
@@ -84,7 +85,7 @@ class Systemd:
 
 @pytest.fixture
 async def systemd() -> AsyncIterator[Systemd]:
-    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), CALL_TIMEOUT_S)
     try:
         yield Systemd(bus)
     finally:

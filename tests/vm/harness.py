@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 # Bump whenever the initramfs layout or the guest scripts change: it is part of the cache key.
-HARNESS_VERSION = "4"
+HARNESS_VERSION = "5"
 
 EXIT_USAGE = 2  # bad arguments or a missing prerequisite (the message names the Debian package)
 EXIT_TIMEOUT = 124  # wall-clock timeout: the guest was killed
@@ -287,8 +287,6 @@ mount -t tmpfs -o mode=0755 tmpfs /ovl
 mkdir -p /ovl/upper /ovl/work
 mount -t overlay -o lowerdir=/lower,upperdir=/ovl/upper,workdir=/ovl/work overlay /newroot \
     || fail "mount overlay"
-mkdir -p "/newroot$CGCTL_PROJECT"
-mount -t 9p -o "$opts" project "/newroot$CGCTL_PROJECT" || fail "mount project directory over 9p"
 # Without this file the guest's systemd believes it runs in a container and ignores the command line.
 rm -f /newroot/.dockerenv
 for dir in proc sys dev tmp run; do mkdir -p "/newroot/$dir"; done
@@ -300,6 +298,9 @@ mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
+# The project last, so a checkout under /tmp or /run is not hidden by the guest's own tmpfs there.
+mkdir -p "/newroot$CGCTL_PROJECT"
+mount -t 9p -o "$opts" project "/newroot$CGCTL_PROJECT" || fail "mount project directory over 9p"
 mkdir -p /newroot/run/cgctl
 cp /bin/busybox /cgctl/*.sh /cgctl/run.conf /newroot/run/cgctl/
 if [ "$CGCTL_MODE" = systemd ]; then
@@ -377,28 +378,31 @@ class Artifacts:
     initramfs: Path
 
 
-def _fingerprint(paths: Sequence[Path]) -> str:
+def _fingerprint(paths: Sequence[Path], *extra: bytes) -> str:
     digest = hashlib.sha256(HARNESS_VERSION.encode())
-    # The guest scripts live in this file: any edit to it must rebuild the initramfs.
-    digest.update(Path(__file__).read_bytes())
+    for data in extra:
+        digest.update(data)
     for path in paths:
         st = path.stat()
         digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     return digest.hexdigest()[:12]
 
 
+STALE_INITRAMFS_S = 24 * 3600
+
+
 def prepare_artifacts(kernel: Kernel, busybox: Path) -> Artifacts:
-    """Build (once, under a lock: concurrent runs share the cache) and return the cached boot files."""
-    key = f"{kernel.version}-h{HARNESS_VERSION}-{_fingerprint([kernel.image, busybox])}"
-    directory = cache_root() / key
-    vmlinux, bzimage_marker, initramfs = (
-        directory / "vmlinux",
-        directory / "use-bzimage",
-        directory / "initramfs",
-    )
+    """Build (once, under a lock: concurrent runs share the cache) and return the cached boot files.
+
+    The vmlinux is keyed by the kernel image alone; the initramfs also by this file (the guest scripts
+    live here: any edit must rebuild it) and busybox. Initramfs files unused for a day are removed.
+    """
+    directory = cache_root() / f"{kernel.version}-{_fingerprint([kernel.image])}"
+    vmlinux, bzimage_marker = directory / "vmlinux", directory / "use-bzimage"
+    initramfs = directory / f"initramfs-{_fingerprint([busybox], Path(__file__).read_bytes())}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with (cache_root() / f"{key}.lock").open("w") as lock:
+        with (directory / "lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (vmlinux.exists() or bzimage_marker.exists()):
                 elf = extract_vmlinux(kernel.image.read_bytes())
@@ -406,8 +410,13 @@ def prepare_artifacts(kernel: Kernel, busybox: Path) -> Artifacts:
                     bzimage_marker.touch()  # slower to boot, but it boots
                 else:
                     _write_atomically(vmlinux, elf)
-            if not initramfs.exists():
+            if initramfs.exists():
+                os.utime(initramfs)  # marks it in use for the pruning below
+            else:
                 _write_atomically(initramfs, build_base_initramfs(kernel, busybox))
+            for old in directory.glob("initramfs-*"):
+                if time.time() - old.stat().st_mtime > STALE_INITRAMFS_S:
+                    old.unlink(missing_ok=True)
     except OSError as error:
         raise HarnessError(f"cannot build the VM cache in {directory}: {error}") from error
     return Artifacts(vmlinux if vmlinux.exists() else kernel.image, initramfs)
@@ -455,9 +464,24 @@ def guest_environment(host_env: dict[str, str], stdout_is_tty: bool, systemd: bo
     return env
 
 
-def command_script(request: RunRequest, cwd: str, env: dict[str, str], columns: int, rows: int) -> str:
-    """The guest-side wrapper: enter cwd, run the command on ttyS1/ttyS2, report its status on ttyS3."""
+@dataclasses.dataclass(frozen=True)
+class Terminal:
+    """What the caller's stdout and stderr are: the command sees a tty only where the caller has one."""
+
+    stdout_is_tty: bool
+    stderr_is_tty: bool
+    columns: int
+    rows: int
+
+
+def command_script(request: RunRequest, cwd: str, env: dict[str, str], terminal: Terminal) -> str:
+    """The guest-side wrapper: enter cwd, run the command on ttyS1/ttyS2, report its status on ttyS3.
+
+    A stream whose host side is not a terminal reaches its serial port through a fifo and ``cat``, so
+    the command sees a pipe there, as it would natively in CI (no progress redraws, no colours).
+    """
     bb = "/run/cgctl/busybox"
+    columns, rows = terminal.columns, terminal.rows
     assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in sorted(env.items()))
     argv = " ".join(shlex.quote(arg) for arg in request.command)
     lines = [
@@ -481,11 +505,32 @@ def command_script(request: RunRequest, cwd: str, env: dict[str, str], columns: 
         "    echo 'exit 125' > /dev/ttyS3",
         "    exit 125",
         "fi",
-        f'{bb} env -i CGCTL_TEST_CGROUP_BASE="$CGCTL_TEST_CGROUP_BASE" {assignments} {argv}'
-        " </dev/null >/dev/ttyS1 2>/dev/ttyS2",
-        "rc=$?",
-        'echo "exit $rc" > /dev/ttyS3',
     ]
+    targets, relays = [], []
+    for tty, name, is_tty in (
+        ("ttyS1", "stdout", terminal.stdout_is_tty),
+        ("ttyS2", "stderr", terminal.stderr_is_tty),
+    ):
+        if is_tty:
+            targets.append(f"/dev/{tty}")
+        else:
+            fifo = f"/run/cgctl/{name}.fifo"
+            lines += [f"{bb} mkfifo {fifo}", f"{bb} cat {fifo} > /dev/{tty} &", f"{name}_relay=$!"]
+            targets.append(fifo)
+            relays.append(f"${name}_relay")
+    lines += [
+        "echo running > /dev/ttyS3",
+        f'{bb} env -i CGCTL_TEST_CGROUP_BASE="$CGCTL_TEST_CGROUP_BASE" {assignments} {argv}'
+        f" </dev/null >{targets[0]} 2>{targets[1]}",
+        "rc=$?",
+    ]
+    if relays:
+        # A process the command left running may hold a fifo open: give the relays a bounded time.
+        lines += [
+            f"( {bb} sleep 3; kill {' '.join(relays)} 2>/dev/null ) &",
+            f"wait {' '.join(relays)}",
+        ]
+    lines.append('echo "exit $rc" > /dev/ttyS3')
     if request.systemd:
         # systemd's own (forced) poweroff hangs unmounting the 9p shares; the guest is disposable, so
         # cut power directly once the status is out.
@@ -578,6 +623,24 @@ def qemu_command(
     return command
 
 
+# Guest-private mounts: the files of the host under these paths are not what the guest sees there.
+GUEST_PRIVATE_DIRS = (Path("/tmp"), Path("/run"), Path("/dev"), Path("/proc"), Path("/sys"))
+
+
+def guest_cwd(cwd: Path, project: Path) -> str:
+    """The caller's cwd when the guest sees the same files there, else / (with a warning)."""
+    if (
+        cwd != project
+        and project not in cwd.parents
+        and any(cwd == private or private in cwd.parents for private in GUEST_PRIVATE_DIRS)
+    ):
+        print(
+            f"{PROG}: {cwd} is private to the host (the guest mounts its own); running in /", file=sys.stderr
+        )
+        return "/"
+    return str(cwd)
+
+
 def _terminal_size() -> tuple[int, int]:
     try:
         size = os.get_terminal_size(sys.stdout.fileno())
@@ -595,10 +658,9 @@ def run(request: RunRequest) -> int:
     project = project_root()
     artifacts = prepare_artifacts(kernel, busybox)
 
-    stdout_is_tty = sys.stdout.isatty()
-    columns, rows = _terminal_size()
-    env = guest_environment(dict(os.environ), stdout_is_tty, request.systemd)
-    script = command_script(request, os.getcwd(), env, columns, rows)
+    terminal = Terminal(sys.stdout.isatty(), sys.stderr.isatty(), *_terminal_size())
+    env = guest_environment(dict(os.environ), terminal.stdout_is_tty, request.systemd)
+    script = command_script(request, guest_cwd(Path.cwd(), project), env, terminal)
 
     with tempfile.TemporaryDirectory(prefix="cgctl-vm-") as temporary:
         workdir = Path(temporary)
@@ -638,6 +700,10 @@ def run(request: RunRequest) -> int:
             raise HarnessError(
                 f"timeout after {request.timeout_s:g} s: the guest was killed ({summary})", EXIT_TIMEOUT
             ) from None
+        except (KeyboardInterrupt, SystemExit):  # a signal: say where the guest was before it goes
+            _print_console_tail(console.data)
+            print(f"{PROG}: interrupted ({_status_summary(control.data)})", file=sys.stderr)
+            raise
         finally:
             if process.poll() is None:
                 process.kill()
@@ -670,7 +736,10 @@ def _status_summary(control: bytes | bytearray) -> str:
     lines = [line.strip() for line in control.decode(errors="replace").splitlines() if line.strip()]
     if not lines:
         return "the kernel did not reach the initramfs"
-    return "last guest report: " + lines[-1]
+    meaning = {"running": "the command was still running"}.get(lines[-1])
+    if meaning is None and lines[-1].startswith("booting"):
+        meaning = "the guest booted but did not start the command"
+    return meaning or f"last guest report: {lines[-1]}"
 
 
 def _print_console_tail(console: bytes | bytearray, lines: int = 30) -> None:
