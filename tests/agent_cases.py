@@ -79,7 +79,7 @@ class RunningAgent:
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=20) as resp:
+            with urllib.request.urlopen(req, timeout=60) as resp:
                 return resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), exc.read()
@@ -102,7 +102,7 @@ class RunningAgent:
             text=True,
             env=env,
             cwd=REPO,
-            timeout=60,
+            timeout=180,  # generous: the v2 suite runs under software emulation
         )
 
 
@@ -166,7 +166,7 @@ def agent(tmp_path: Path, extra_agent_args: list[str]) -> Iterator[RunningAgent]
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -300,7 +300,9 @@ def test_other_subtrees_are_exported_read_only_with_filters(agent: RunningAgent)
             for directory in kernel.group_dirs(SIDE, name):
                 os.makedirs(directory)
         text = agent.metrics()
-        series = [line for line in text.splitlines() if line.startswith("cgroup_pids_current{")]
+        # Which families a side group has depends on its controllers (on v2, none are enabled below
+        # /SIDE): look for the group in any family.
+        series = [line for line in text.splitlines() if line.startswith("cgroup_")]
         assert any(f'cgroup="/{SIDE}/x"' in line and 'group=""' in line for line in series), series
         assert not any("skipme" in line for line in series)
         assert any(f'cgroup="/{agent.root}/web"' in line and 'group="web"' in line for line in series)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_cases import RunningAgent, agent, free_port  # noqa: F401 - agent is a fixture
+from tests.agent_cases import RunningAgent, agent, extra_agent_args, free_port  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.host,
