@@ -81,9 +81,7 @@ class Agent:
             log.error("event=driver_unknown error=%r", str(exc))
             return 2
         log.info("event=start policy=%s driver=%s why=%r mode=%s", args.policy, driver.name, why, args.mode)
-        reconciler = Reconciler(
-            args.policy, driver, enforce=args.mode == "enforce", driver_override=args.driver
-        )
+        reconciler = Reconciler(args.policy, driver, enforce=args.mode == "enforce")
         self.reconciler = reconciler
         reconciler.load()
         try:

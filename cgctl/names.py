@@ -30,6 +30,8 @@ CONTROLLER_PREFIXES = (
     "devices",
     "hugetlb",
     "rdma",
+    "dmem",
+    "irq",
     "misc",
     "net_cls",
     "net_prio",

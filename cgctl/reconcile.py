@@ -53,13 +53,10 @@ class Outcome:
 
 
 class Reconciler:
-    def __init__(
-        self, policy_path: str, driver: Driver, *, enforce: bool, driver_override: str | None
-    ) -> None:
+    def __init__(self, policy_path: str, driver: Driver, *, enforce: bool) -> None:
         self.policy_path = policy_path
         self.driver = driver
         self.enforce = enforce
-        self.driver_override = driver_override
         self.policy: Policy | None = None
         self.policy_mtime: float | None = None
         self.policy_error: str | None = None
