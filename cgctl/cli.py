@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -451,6 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if command_words:
         args.argv = [*args.argv, *command_words]
+    if args.command != "agent":
+        # A command-line tool piped into `head` should end quietly, and `exec` must hand its command
+        # the default SIGPIPE (Python ignores it, and an ignored signal survives execve).
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         command: str = args.command
         if command == "exec":

@@ -23,13 +23,15 @@ from drivers.api import (
     DriverOptions,
     GroupPath,
     GroupUsage,
+    Knob,
     ObservedGroup,
     SettingKey,
     UnsupportedError,
     Value,
+    format_value,
     split_key,
 )
-from drivers.cgroupfs import mountinfo, usage, v1
+from drivers.cgroupfs import convert, mountinfo, usage, v1
 from drivers.cgroupfs.common import read_values
 from drivers.cgroupfs.ops_v1 import V1Ops
 from drivers.cgroupfs.ops_v1 import populated as populated_v1
@@ -92,6 +94,15 @@ class CgroupfsDriver(Driver):
 
     def effective_value(self, key: SettingKey, value: Value) -> Value:
         return self._get_ops().effective(key, value)
+
+    def describe_value(self, key: SettingKey, value: Value) -> str:
+        """v2 syntax; on v1 a weight also shows the cpu.shares it is written as (the plan line names the
+        cpu.shares file, so the converted value must be visible next to it)."""
+        text = format_value(value)
+        ops = self._get_ops()
+        if isinstance(ops, V1Ops) and split_key(key)[0] is Knob.CPU_WEIGHT and isinstance(value, int):
+            return f"{text} (shares {convert.weight_to_shares(value)})"
+        return text
 
     def target_of(self, path: GroupPath, key: SettingKey) -> str:
         ops = self._get_ops()
