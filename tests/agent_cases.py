@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests import kernel
+from tests.cgctl_cli import run_cgctl
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,20 +91,8 @@ class RunningAgent:
         return body.decode()
 
     def cgctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = dict(
-            os.environ,
-            CGCTL_AGENT_SOCKET=str(self.control),
-            CGCTL_STATE_DIR=str(self.tmp / "state"),
-            CGCTL_RUN_DIR=str(self.tmp / "run"),
-        )
-        return subprocess.run(
-            [sys.executable, "-m", "cgctl", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=180,  # generous: the v2 suite runs under software emulation
-        )
+        # generous timeout: the v2 suite runs under software emulation
+        return run_cgctl(self.tmp, *args, agent_socket=self.control, timeout=180)
 
 
 def write_policy(path: Path, root: str, pids: int | str = 50) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -18,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import kernel
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.cgctl_cli import run_cgctl
 
 
 @dataclass
@@ -34,26 +32,7 @@ class Env:
         return path
 
     def cgctl(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ)
-        env.update(
-            CGCTL_STATE_DIR=str(self.tmp / "state"),
-            CGCTL_RUN_DIR=str(self.tmp / "run"),
-            CGCTL_AGENT_SOCKET=str(self.tmp / "no-agent.sock"),
-        )
-        proc = subprocess.run(
-            [sys.executable, "-m", "cgctl", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=120,
-        )
-        if check is not None and proc.returncode != check:
-            raise AssertionError(
-                f"cgctl {' '.join(args)} exited {proc.returncode}, wanted {check}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-            )
-        return proc
+        return run_cgctl(self.tmp, *args, timeout=120, check=check)
 
     def spawn(self, *argv: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(list(argv))

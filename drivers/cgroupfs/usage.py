@@ -201,6 +201,21 @@ def parse_blkio(data: bytes | None, read_key: str, write_key: str, into: dict[st
             continue
 
 
+def _add_memory_stat(
+    usage: GroupUsage, mstat: Mapping[bytes, bytes], keys: tuple[tuple[bytes, str], ...]
+) -> None:
+    """memory.stat's exported subset (``keys``: file key → v2 name) and the working set derived from it."""
+    if not mstat:
+        return
+    for raw_key, name in keys:
+        value = _int_or_none(mstat, raw_key)
+        if value is not None:
+            usage.memory_stat_bytes[name] = value
+    usage.memory_working_set_bytes = _working_set(
+        usage.memory_usage_bytes, usage.memory_stat_bytes.get("inactive_file")
+    )
+
+
 def _working_set(usage: int | None, inactive_file: int | None) -> int | None:
     # cAdvisor-compatible: usage minus inactive file cache, clamped (usage is fuzzy on v1).
     if usage is None:
@@ -295,14 +310,7 @@ def usage_from_v2(cgroup: str, files: Mapping[str, bytes | None], *, limits: boo
         usage.cpu_throttled_seconds = None if throttled_us is None else throttled_us / 1e6
     usage.memory_usage_bytes = parse_int(files.get("memory.current"))
     mstat = parse_flat_keyed(files.get("memory.stat"))
-    if mstat:
-        for raw_key, name in _MEMORY_STAT_V2_KEYS:
-            value = _int_or_none(mstat, raw_key)
-            if value is not None:
-                usage.memory_stat_bytes[name] = value
-        usage.memory_working_set_bytes = _working_set(
-            usage.memory_usage_bytes, usage.memory_stat_bytes.get("inactive_file")
-        )
+    _add_memory_stat(usage, mstat, _MEMORY_STAT_V2_KEYS)
     usage.memory_peak_bytes = parse_int(files.get("memory.peak"))
     usage.memory_swap_usage_bytes = parse_int(files.get("memory.swap.current"))
     for key, raw in parse_flat_keyed(files.get("memory.events")).items():
@@ -432,14 +440,7 @@ def usage_from_v1(
         usage.cpu_throttled_seconds = None if throttled_ns is None else throttled_ns / 1e9
     usage.memory_usage_bytes = parse_int(files.get("memory.usage_in_bytes"))
     mstat = parse_flat_keyed(files.get("memory.stat"))
-    if mstat:
-        for raw_key, name in _MEMORY_STAT_V1_KEYS:
-            value = _int_or_none(mstat, raw_key)
-            if value is not None:
-                usage.memory_stat_bytes[name] = value
-        usage.memory_working_set_bytes = _working_set(
-            usage.memory_usage_bytes, usage.memory_stat_bytes.get("inactive_file")
-        )
+    _add_memory_stat(usage, mstat, _MEMORY_STAT_V1_KEYS)
     usage.memory_peak_bytes = parse_int(files.get("memory.max_usage_in_bytes"))
     # memory.stat's total_swap (present with swap accounting) is exact; memsw − usage is the fallback
     # for callers that hand in memory.memsw.usage_in_bytes instead. Not reading memsw saves a file.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,11 +22,11 @@ import pytest
 
 from drivers.api import CpuMax
 from drivers.systemd import SystemdDriver, naming, properties
+from tests.cgctl_cli import run_cgctl
 
 USABLE, WHY = SystemdDriver.usable()
 pytestmark = [pytest.mark.systemd, pytest.mark.skipif(not USABLE, reason=WHY)]
 
-REPO = Path(__file__).resolve().parents[2]
 MOUNT = "/sys/fs/cgroup"
 
 
@@ -46,26 +45,7 @@ class Env:
         return path
 
     def cgctl(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-        env = dict(
-            os.environ,
-            CGCTL_STATE_DIR=str(self.tmp / "state"),
-            CGCTL_RUN_DIR=str(self.tmp / "run"),
-            CGCTL_AGENT_SOCKET=str(self.tmp / "none.sock"),
-        )
-        proc = subprocess.run(
-            [sys.executable, "-m", "cgctl", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=300,
-        )
-        if check is not None and proc.returncode != check:
-            raise AssertionError(
-                f"cgctl {' '.join(args)} exited {proc.returncode}, wanted {check}\n"
-                f"{proc.stdout}\n{proc.stderr}"
-            )
-        return proc
+        return run_cgctl(self.tmp, *args, timeout=300, check=check)
 
     def unit(self, *path: str) -> str:
         return naming.slice_name(self.root, tuple(path))
