@@ -5,7 +5,8 @@ committed file is stale. The JSON is what gets committed and imported into Grafa
 source it is generated from, so edit here, not there.
 
 Queries use only metric names from :data:`exporters.collector.EXPORTED_METRIC_NAMES` (a unit test checks
-it). Limits are drawn only where finite (``< +Inf``) so unlimited groups do not flatten the graphs.
+it). Limits are drawn only where finite (``< +Inf``) so unlimited groups do not flatten the graphs. The
+JSON also validates against Grafana 11.6's own dashboard JSON schema (``dashboards/schema/build-schema``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import (
+    Dashboard,
     DashboardCursorSync,
     DataSourceRef,
     VariableRefresh,
     VariableSort,
+    VariableType,
 )
 
 OUTPUT = Path(__file__).resolve().parent / "cgctl.json"
@@ -313,9 +316,24 @@ def build() -> gd.Dashboard:
     return board
 
 
+def without_interval_defaults(model: Dashboard) -> Dashboard:
+    """Drop the SDK's interval-variable settings from the variables that are not interval variables.
+
+    The SDK gives every variable ``auto``, ``auto_min`` and ``auto_count`` (defaults false, "10s", 30).
+    Grafana 11.6's dashboard schema has no such fields in ``VariableModel`` (they would fail the
+    validation against it, ``dashboards/schema/build-schema``), and Grafana writes them only for interval
+    variables, which this dashboard has none of.
+    """
+    for variable in model.templating.list_val or []:
+        if variable.type_val != VariableType.INTERVAL:
+            variable.auto = variable.auto_min = variable.auto_count = None
+    return model
+
+
 def render() -> str:
     """The dashboard JSON exactly as committed (stable key order, trailing newline)."""
-    return json.dumps(build().build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+    model = without_interval_defaults(build().build())
+    return json.dumps(model, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
