@@ -97,17 +97,23 @@ def raw(root: str, n: int, mode: str, hierarchies: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def cgconfigparser(root: str, n: int, tmp: Path) -> float | None:
+def cgconfigparser(root: str, n: int, tmp: Path, hierarchies: list[str]) -> float | None:
+    """The same groups as cgctl's: a directory in every hierarchy cgctl created one in (so the same
+    mkdirs) and the same four limit writes."""
     exe = shutil.which("cgconfigparser")
     if exe is None or kernel.is_pure_v2():
         return None
     conf = tmp / "cgconfig.conf"
-    parts = [f"group {root} {{ cpu {{ }} memory {{ }} pids {{ }} }}\n"]
+    limits = {
+        "cpu": "cpu.shares = 2048; cpu.cfs_quota_us = 50000;",
+        "memory": f"memory.limit_in_bytes = {64 << 20};",
+        "pids": "pids.max = 50;",
+    }
+    empty = " ".join(f"{h} {{ }}" for h in hierarchies)
+    per_group = " ".join(f"{h} {{ {limits.get(h, '')} }}" for h in hierarchies)
+    parts = [f"group {root} {{ {empty} }}\n"]
     for i in range(n):
-        parts.append(
-            f"group {root}/g{i} {{ cpu {{ cpu.shares = 2048; cpu.cfs_quota_us = 50000; }} "
-            f"memory {{ memory.limit_in_bytes = {64 << 20}; }} pids {{ pids.max = 50; }} }}\n"
-        )
+        parts.append(f"group {root}/g{i} {{ {per_group} }}\n")
     conf.write_text("".join(parts))
     start = time.perf_counter()
     subprocess.run([exe, "-l", str(conf)], check=True, capture_output=True)
@@ -123,6 +129,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    # An installed cgctl has its bytecode compiled (pip does it); a checkout run with
+    # PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every module at every start.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "cgctl", "drivers"], cwd=REPO, check=True)
     mode = "v2" if kernel.is_pure_v2() else "v1"
     print(f"# cgctl apply benchmark — cgroup {mode}, kernel {os.uname().release}, {os.cpu_count()} CPUs")
     print(
@@ -165,7 +174,7 @@ def main() -> None:
                     kernel.remove_tree(root)
                 root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
                 try:
-                    conf = cgconfigparser(root, n, tmp)
+                    conf = cgconfigparser(root, n, tmp, hierarchies)
                     if conf is not None:
                         t_conf.append(conf)
                 finally:

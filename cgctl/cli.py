@@ -4,7 +4,7 @@ Exit codes (CONVENTIONS.md): 0 success; 1 the operation failed (and was rolled b
 whether the rollback completed); 2 usage, validation or plan error (nothing was written).
 ``cgctl diff``: 0 in sync, 1 changes pending, 2 error — like ``kubectl diff``.
 
-Heavy modules (pydantic, yaml, the D-Bus client, prometheus_client) are imported inside the commands that
+Heavy modules (yaml, the D-Bus client, prometheus_client) are imported inside the commands that
 need them, so ``cgctl freeze`` starts fast.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -104,17 +105,18 @@ def _policy_driver(policy: Policy, override: str | None) -> tuple[Driver, str]:
 def _print_plan(prepared: Prepared, *, header: bool = True) -> None:
     plan = prepared.plan
     driver = prepared.driver
+    lines: list[str] = []
     if header:
         caps = prepared.capabilities
-        print(f"# driver {driver.name} ({caps.mode}), root {prepared.policy.root}")
-    for op in plan.ops:
-        print(op.describe(driver))
-    for note in plan.notes:
-        print(f"# {note}")
+        lines.append(f"# driver {driver.name} ({caps.mode}), root {prepared.policy.root}")
+    lines.extend(op.describe(driver) for op in plan.ops)
+    lines.extend(f"# {note}" for note in plan.notes)
+    if not plan.ops:
+        lines.append("# in sync: nothing to do")
     for issue in plan.warnings:
         print(f"warning: {issue}", file=sys.stderr)
-    if not plan.ops:
-        print("# in sync: nothing to do")
+    sys.stdout.write("".join(f"{line}\n" for line in lines))  # one write: a plan can have 10,000 lines
+    sys.stdout.flush()
 
 
 def _report_plan_errors(prepared: Prepared) -> bool:
@@ -456,6 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A command-line tool piped into `head` should end quietly, and `exec` must hand its command
         # the default SIGPIPE (Python ignores it, and an ignored signal survives execve).
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        # A one-shot command allocates ~100 objects per group and makes no garbage cycles worth
+        # collecting before it exits; the cyclic collector would rescan the growing heap again and again
+        # (up to 150 ms of a 1000-group apply). Reference counting still frees everything.
+        gc.disable()
     try:
         command: str = args.command
         if command == "exec":

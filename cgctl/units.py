@@ -2,7 +2,7 @@
 CPU/memory-node lists and strict booleans.
 
 One module for all of it so the policy, the planner's messages and ``cgctl show`` agree. It imports
-nothing heavy (no yaml, no pydantic): the CLI's fast paths (``freeze``, ``show``) use it directly.
+nothing heavy (no yaml): the CLI's fast paths (``freeze``, ``show``) use it directly.
 
 Decisions (documented here because users meet them as error messages):
 

@@ -138,12 +138,23 @@ def setting_key(knob: Knob, device: str | None = None) -> SettingKey:
     return f"{knob.value}[{device}]" if device is not None else knob.value
 
 
+_SPLIT: dict[SettingKey, tuple[Knob, str | None]] = {}
+
+
 def split_key(key: SettingKey) -> tuple[Knob, str | None]:
-    """``io.max[8:0]`` → ``(Knob.IO_MAX, '8:0')``; ``cpu.weight`` → ``(Knob.CPU_WEIGHT, None)``."""
-    if key.endswith("]") and "[" in key:
-        name, device = key[:-1].split("[", 1)
-        return Knob(name), device
-    return Knob(key), None
+    """``io.max[8:0]`` → ``(Knob.IO_MAX, '8:0')``; ``cpu.weight`` → ``(Knob.CPU_WEIGHT, None)``.
+
+    Memoized: planning 1000 groups splits ~50,000 keys, and ``Knob(name)`` is an enum lookup by value
+    (~2 µs each); a policy names a handful of distinct keys (one per knob and device)."""
+    split = _SPLIT.get(key)
+    if split is None:
+        if key.endswith("]") and "[" in key:
+            name, device = key[:-1].split("[", 1)
+            split = Knob(name), device
+        else:
+            split = Knob(key), None
+        _SPLIT[key] = split
+    return split
 
 
 # What a knob goes back to when the policy stops naming it (the kernel's default for a new group).

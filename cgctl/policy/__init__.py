@@ -1,7 +1,7 @@
 """The policy language: YAML file → validated, normalized desired state.
 
-Importing this package is cheap (no yaml, no pydantic): the types and the name rules load eagerly, the
-loader (PyYAML + pydantic) only when :func:`load_policy` or :func:`parse_policy_text` is first called.
+Importing this package is cheap (no yaml): the types and the name rules load eagerly, the loader
+(PyYAML) only when :func:`load_policy` or :func:`parse_policy_text` is first called.
 """
 
 from __future__ import annotations

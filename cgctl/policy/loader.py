@@ -1,6 +1,6 @@
 """Policy files → a validated, normalized :class:`Policy`, or a :class:`PolicyError` listing every problem.
 
-Per file: YAML → data with positions (:mod:`.source`) → pydantic models (:mod:`.models`) → group specs
+Per file: YAML → data with positions (:mod:`.source`) → schema models (:mod:`.models`) → group specs
 in driver value types. Then ``include:`` targets, depth-first in the order written (a directory
 contributes its ``*.yaml``/``*.yml`` files in name order, hidden files skipped).
 
@@ -18,18 +18,14 @@ Rules across files:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import gc
 import itertools
 import os
-import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from cgctl import units
-from cgctl.policy.models import GroupModel, PolicyFileModel
+from cgctl.policy.models import GroupModel, PolicyFileModel, SchemaIssue, validate_file
 from cgctl.policy.names import MAX_DEPTH
 from cgctl.policy.source import Loc, Source, dotted, parse_source_safe
 from cgctl.policy.types import GroupSpec, Policy, PolicyError, PolicyIssue, SourceRef
@@ -140,11 +136,8 @@ class _Loader:
         if not isinstance(source.data, dict):
             return
         data = source.data
-        model: PolicyFileModel | None = None
-        try:
-            model = PolicyFileModel.model_validate(data)
-        except ValidationError as exc:
-            self.errors.extend(_pydantic_issues(source, exc))
+        model, issues = validate_file(data)
+        self.errors.extend(_positioned(source, issues))
         if included_from is None:
             if "version" not in data:
                 self.errors.append(
@@ -171,13 +164,13 @@ class _Loader:
         main, main_source = self.main, self.main_source
         assert main is not None and main_source is not None
         for key in _SHARED_KEYS:
-            if key not in model.model_fields_set:
+            if key not in model.given:
                 continue
             mine, theirs = getattr(model, key), getattr(main, key)
             if mine != theirs:
                 where = (
                     f"set in {main_source.value_ref((key,))}"
-                    if key in main.model_fields_set
+                    if key in main.given
                     else f"the default of {main_source.file}"
                 )
                 self.errors.append(
@@ -256,11 +249,11 @@ class _Loader:
         self.cpu(source, loc, group, resources, origins)
         self.memory(source, loc, group, resources, origins)
         self.io(source, loc, group, resources, origins)
-        if "max" in group.pids.model_fields_set:
+        if "max" in group.pids.given:
             resources[Knob.PIDS_MAX.value] = group.pids.max
             origins[Knob.PIDS_MAX.value] = source.value_ref((*loc, "pids", "max"))
         frozen: bool | None = None
-        if "frozen" in group.model_fields_set:
+        if "frozen" in group.given:
             frozen = group.frozen
             origins["frozen"] = source.value_ref((*loc, "frozen"))
         spec = GroupSpec(path=path, resources=resources, frozen=frozen, origin=origin, origins=origins)
@@ -279,7 +272,7 @@ class _Loader:
         origins: dict[SettingKey, SourceRef],
     ) -> None:
         cpu = group.cpu
-        given = cpu.model_fields_set
+        given = cpu.given
         if "weight" in given:
             _put(resources, origins, Knob.CPU_WEIGHT, cpu.weight, source.value_ref((*loc, "cpu", "weight")))
         if "max" in given or "period" in given:
@@ -304,7 +297,7 @@ class _Loader:
         origins: dict[SettingKey, SourceRef],
     ) -> None:
         memory = group.memory
-        given = memory.model_fields_set
+        given = memory.given
         if not given:
             return
         ordered: list[tuple[str, int]] = []  # explicit finite limits, in min ≤ low ≤ high ≤ max order
@@ -336,7 +329,7 @@ class _Loader:
         origins: dict[SettingKey, SourceRef],
     ) -> None:
         io = group.io
-        if "weight" in io.model_fields_set:
+        if "weight" in io.given:
             _put(resources, origins, Knob.IO_WEIGHT, io.weight, source.value_ref((*loc, "io", "weight")))
         seen: dict[str, tuple[SourceRef, str]] = {}
         for index, entry in enumerate(io.max):
@@ -427,81 +420,18 @@ def _include_targets(data: dict[str, Any], model: PolicyFileModel | None) -> Ite
             yield index, item
 
 
-# --------------------------------------------------------------------------------------------------
-# pydantic errors → positioned issues
-# --------------------------------------------------------------------------------------------------
-
-_TYPE_MESSAGES = {
-    "model_type": "must be a mapping (key: value)",
-    "model_attributes_type": "must be a mapping (key: value)",
-    "dict_type": "must be a mapping (key: value)",
-    "list_type": "must be a list",
-    "string_type": "must be a string",
-}
-
-
-def _pydantic_issues(source: Source, exc: ValidationError) -> list[PolicyIssue]:
-    issues = []
-    for err in exc.errors():
-        loc: Loc = tuple(err["loc"])
-        kind = err["type"]
-        if source.already_reported(loc[:-1] if loc and loc[-1] == "[key]" else loc):
+def _positioned(source: Source, issues: list[SchemaIssue]) -> list[PolicyIssue]:
+    """Schema issues with their place in the file (those under a place the parser already reported
+    are dropped: they would repeat that problem in other words)."""
+    out = []
+    for issue in issues:
+        if source.already_reported(issue.loc):
             continue
-        if loc and loc[-1] == "[key]":
-            loc = loc[:-1]
-            ref = source.key_ref(loc)
-            message = _message(err)
-        elif kind == "extra_forbidden":
-            ref = source.key_ref(loc)
-            message = _unknown_key(loc, err.get("input"))
-        elif kind == "missing":
-            ref = source.value_ref(loc[:-1])
-            message = "missing required key"
+        if issue.points_at == "key":
+            ref = source.key_ref(issue.loc)
+        elif issue.points_at == "mapping":
+            ref = source.value_ref(issue.loc[:-1])
         else:
-            ref = source.value_ref(loc)
-            message = _message(err)
-        issues.append(PolicyIssue.at(ref, dotted(loc), message))
-    return issues
-
-
-def _message(err: Any) -> str:
-    if err["type"] == "value_error":
-        return str(err["ctx"]["error"])
-    return _TYPE_MESSAGES.get(err["type"], str(err["msg"]))
-
-
-def _unknown_key(loc: Loc, value: object) -> str:
-    model = _model_at(loc[:-1])
-    allowed = list(model.model_fields) if model is not None else []
-    key = str(loc[-1])
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
-    hint = f"unknown key (expected one of: {', '.join(allowed)})"
-    if model is GroupModel and (value is None or isinstance(value, dict)):
-        hint += f"; a child group goes under groups: ({key} → groups: {{{key}: ...}})"
-    return hint
-
-
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The model class that validates the mapping at ``loc`` (follows fields, dict values, list items)."""
-    current: Any = PolicyFileModel
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(str(part))
-            if info is None:
-                return None
-            current = info.annotation
-        else:
-            args = typing.get_args(current)
-            if not args:
-                return None
-            current = args[-1]  # dict[K, V] → V, list[T] → T
-        current = _strip_annotated(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _strip_annotated(tp: Any) -> Any:
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
+            ref = source.value_ref(issue.loc)
+        out.append(PolicyIssue.at(ref, dotted(issue.loc), issue.message))
+    return out

@@ -1,4 +1,4 @@
-"""The loaded policy: what the planner and the CLI consume. Light on purpose (no yaml, no pydantic)."""
+"""The loaded policy: what the planner and the CLI consume. Light on purpose (no yaml)."""
 
 from __future__ import annotations
 

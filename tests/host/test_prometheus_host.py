@@ -35,6 +35,7 @@ def prometheus(agent: RunningAgent, tmp_path: Path) -> Iterator[int]:  # noqa: F
         "scrape_configs:\n"
         f"  - job_name: cgctl\n    static_configs: [{{targets: ['127.0.0.1:{agent.port}']}}]\n"
     )
+    log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
         [
             "prometheus",
@@ -42,9 +43,10 @@ def prometheus(agent: RunningAgent, tmp_path: Path) -> Iterator[int]:  # noqa: F
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
+    log.close()
     try:
         yield port
     finally:
@@ -54,6 +56,20 @@ def prometheus(agent: RunningAgent, tmp_path: Path) -> Iterator[int]:  # noqa: F
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def diagnosis(port: int, tmp_path: Path) -> str:
+    """Why no sample arrived: Prometheus's view of the scrape target, and the end of its own log."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=10) as resp:
+            targets = [
+                {k: t.get(k) for k in ("scrapeUrl", "health", "lastError", "lastScrape")}
+                for t in json.load(resp)["data"]["activeTargets"]
+            ]
+    except OSError as exc:
+        targets = [{"error": f"Prometheus API unreachable: {exc}"}]
+    log = (tmp_path / "prometheus.log").read_text(errors="replace").splitlines()
+    return f"targets: {targets}\nprometheus log (last 15 lines):\n" + "\n".join(log[-15:])
 
 
 def query(port: int, promql: str) -> list[dict[str, object]]:
@@ -71,14 +87,15 @@ def query(port: int, promql: str) -> list[dict[str, object]]:
 def test_prometheus_scrapes_the_agent_and_promql_returns_a_groups_cpu_usage(
     agent: RunningAgent,  # noqa: F811
     prometheus: int,
+    tmp_path: Path,
 ) -> None:
     promql = 'cgroup_cpu_usage_seconds_total{group="web"}'
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     result: list[dict[str, object]] = []
     while time.monotonic() < deadline and not result:
         time.sleep(1)
         result = query(prometheus, promql)
-    assert result, f"no answer to {promql} within 60 s"
+    assert result, f"no answer to {promql} within 90 s\n{diagnosis(prometheus, tmp_path)}"
     metric = result[0]["metric"]
     assert isinstance(metric, dict) and metric["cgroup"] == f"/{agent.root}/web"
     value = result[0]["value"]
