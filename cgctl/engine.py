@@ -47,7 +47,10 @@ async def prepare(policy: Policy, driver: Driver, *, prune: bool = False) -> Pre
     keys = keys_to_observe(policy.groups, state.last_applied)
     paths = {(), *policy.groups, *state.created}
     probed = time.perf_counter()
-    observed = await driver.observe(sorted(paths), keys)
+    # The planner looks at frozen state only where the policy sets `frozen`, and at populated only
+    # when pruning: other groups' flags need not be read.
+    flags_of = None if prune else [path for path, spec in policy.groups.items() if spec.frozen is not None]
+    observed = await driver.observe(sorted(paths), keys, state=flags_of)
     observed_at = time.perf_counter()
     plan = make_plan(
         PlanInput(

@@ -7,6 +7,9 @@ Nothing here touches the system. Ordering is where correctness lives (ARCHITECTU
   descendant needs, right after the group is created and before any child is configured;
 * inside a group: cpuset first (a v1 cpuset group is empty until cpus/mems are set), then memory with
   ``memory.high`` lowered before ``memory.max`` (and raised after it), then everything else;
+* where a child's cpuset must stay within its parent's at every write (v1), an existing group's cpuset
+  that shrinks is written after all the rest, children-first; one that changes to a set that is neither
+  wider nor narrower first widens to old ∪ new (parents-first, with the rest) and then shrinks;
 * thaws, then freezes, come after every limit is in place (freezing last);
 * removals (``--prune``) run children-first, and only for empty groups cgctl created.
 
@@ -222,6 +225,24 @@ def _order_settings(ops: list[Op]) -> list[Op]:
     return ordered
 
 
+def _cpuset_steps(op: Op, shrinking: list[Op]) -> list[Op]:
+    """The steps of an existing group's setting where cpusets must nest (v1): a cpuset that only grows
+    stays in place; one that shrinks moves to ``shrinking``; one that does both grows to the union now
+    and shrinks later. Other settings are returned unchanged."""
+    old, new = op.old, op.new
+    if not (isinstance(old, CpuList) and isinstance(new, CpuList) and old.ids and new.ids):
+        return [op]
+    before, after = set(old.ids), set(new.ids)
+    if after >= before:
+        return [op]
+    if after < before:
+        shrinking.append(op)
+        return []
+    union = CpuList(tuple(sorted(before | after)))
+    shrinking.append(Op(OpKind.SET, op.path, op.key, union, new))
+    return [Op(OpKind.SET, op.path, op.key, old, union)]
+
+
 def _check_value(
     inp: PlanInput, path: GroupPath, key: SettingKey, value: Value, issues: list[PlanIssue]
 ) -> bool:
@@ -267,6 +288,7 @@ def make_plan(inp: PlanInput) -> Plan:
 
     # 1. What each group should have written: desired settings that differ, plus resets.
     settings: dict[GroupPath, list[Op]] = {}
+    shrinking: list[Op] = []  # v1 cpuset narrowing, written children-first after everything else
     needed_here: dict[GroupPath, set[str]] = {}
     for path in _sorted_parents_first(inp.desired):
         spec = inp.desired[path]
@@ -281,7 +303,11 @@ def make_plan(inp: PlanInput) -> Plan:
             # A group about to be created starts with the kernel's defaults: show those as "before".
             old = now.values.get(key) if now.exists else KERNEL_DEFAULTS[split_key(key)[0]]
             if not now.exists or key not in now.values or now.values[key] != want:
-                ops.append(Op(OpKind.SET, path, key, old, value))
+                op = Op(OpKind.SET, path, key, old, value)
+                if caps.cpuset_within_parent and now.exists:
+                    ops.extend(_cpuset_steps(op, shrinking))
+                else:
+                    ops.append(op)
             if (
                 split_key(key)[0] is Knob.MEMORY_MAX
                 and now.memory_current is not None
@@ -338,6 +364,10 @@ def make_plan(inp: PlanInput) -> Plan:
         missing = frozenset(wanted - (now.subtree_control if now.exists else frozenset()))
         if missing:
             plan.ops.append(Op(OpKind.ENABLE, path, controllers=missing))
+
+    # 3b. Shrinking cpusets, children-first: each child is inside its parent's new set before the
+    # parent shrinks to it.
+    plan.ops.extend(sorted(shrinking, key=lambda op: (-len(op.path), op.path)))
 
     # 4. Thaws, then freezes, after every limit is in place.
     for path in all_paths:

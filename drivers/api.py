@@ -209,6 +209,9 @@ class Capabilities:
     unsupported: Mapping[Knob, str] = field(default_factory=dict)
     # v2: controllers must be enabled in each ancestor's cgroup.subtree_control (planned top-down).
     needs_subtree_control: bool = False
+    # v1: the kernel refuses (EBUSY) any cpuset write that leaves a child's cpus/mems outside its
+    # parent's, so narrowing is planned children-first (v2 just intersects with the parent).
+    cpuset_within_parent: bool = False
     # Controllers the managed root can get (v2: the root's parent's cgroup.controllers; v1: mounted).
     controllers: frozenset[str] = frozenset()
     can_freeze: bool = True
@@ -230,7 +233,7 @@ class ObservedGroup:
     values: dict[SettingKey, Value] = field(default_factory=dict)
     frozen: bool = False  # effective: frozen by itself or an ancestor
     self_frozen: bool = False  # frozen by its own request (cgroup.freeze = 1 / FreezeUnit)
-    populated: bool = False
+    populated: bool = False  # frozen/self_frozen/populated: see Driver.observe(state=...)
     memory_current: int | None = None
     # v2: the controllers in this group's cgroup.subtree_control (empty elsewhere).
     subtree_control: frozenset[str] = frozenset()
@@ -376,11 +379,17 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def observe(
-        self, paths: Iterable[GroupPath], keys: Mapping[GroupPath, Collection[SettingKey]]
+        self,
+        paths: Iterable[GroupPath],
+        keys: Mapping[GroupPath, Collection[SettingKey]],
+        *,
+        state: Collection[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         """Read the groups' state; ``keys`` says which settings to read for each path (others may be
         read too). Missing groups come back with ``exists=False``. The managed root ``()`` is always
-        included in the result."""
+        included in the result. ``state`` names the groups whose frozen/populated flags the caller
+        needs (None: all); a driver may skip those reads for the others, whose flags then say False
+        (a re-apply of 1000 unchanged v1 groups reads ~2000 files fewer)."""
 
     @abc.abstractmethod
     async def create(self, path: GroupPath) -> None:

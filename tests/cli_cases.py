@@ -192,6 +192,40 @@ def test_freeze_stops_all_work_until_thaw(env: Env) -> None:
     assert kernel.cpu_ticks(loop.pid) > t0, "a thawed process did not resume"
 
 
+def test_a_parent_cpuset_narrowed_with_its_children_applies(env: Env) -> None:
+    """v1 refuses a parent cpuset that leaves a child outside it (EBUSY): the children go first."""
+    wide = "\ngroups:\n  web:\n    cpu: {cpus: 0-1}\n    groups:\n      a: {cpu: {cpus: 0-1}}\n"
+    env.cgctl("apply", str(env.policy(wide)))
+    narrow = env.policy("\ngroups:\n  web:\n    cpu: {cpus: '0'}\n    groups:\n      a: {cpu: {cpus: '0'}}\n")
+    env.cgctl("apply", str(narrow))
+    assert env.cgctl("diff", str(narrow)).returncode == 0
+    if kernel.is_pure_v2():
+        assert kernel.read(kernel.v2_dir(env.root, "web", "a", "cpuset.cpus")) == "0"
+    else:
+        assert kernel.read(kernel.v1_dir("cpuset", env.root, "web", "cpuset.cpus")) == "0"
+        assert kernel.read(kernel.v1_dir("cpuset", env.root, "web", "a", "cpuset.cpus")) == "0"
+    env.cgctl("apply", str(env.policy(wide)))  # and back: parents widen first
+    assert env.cgctl("diff", str(env.policy(wide))).returncode == 0
+
+
+def test_frozen_in_the_policy_freezes_stays_in_sync_and_false_thaws(env: Env) -> None:
+    frozen = env.policy("\ngroups:\n  web:\n    pids: {max: 50}\n    frozen: true\n  batch: {}\n")
+    env.cgctl("apply", str(frozen))
+    loop = env.spawn("/bin/sh", "-c", "while :; do :; done")
+    env.cgctl("move", "web", str(loop.pid), "--root", env.root, "--driver", "cgroupfs")
+    t0 = kernel.cpu_ticks(loop.pid)
+    time.sleep(0.6)
+    assert kernel.cpu_ticks(loop.pid) == t0, "a process moved into a frozen group ran"
+    assert env.cgctl("diff", str(frozen)).returncode == 0  # frozen and populated: in sync
+    thawed = env.policy("\ngroups:\n  web:\n    pids: {max: 50}\n    frozen: false\n  batch: {}\n")
+    proc = env.cgctl("diff", str(thawed), check=1)
+    assert "thaw" in proc.stdout
+    env.cgctl("apply", str(thawed))
+    time.sleep(0.6)
+    assert kernel.cpu_ticks(loop.pid) > t0, "frozen: false did not thaw the group"
+    assert env.cgctl("diff", str(thawed)).returncode == 0
+
+
 def test_exec_runs_the_command_inside_the_group(env: Env) -> None:
     env.cgctl("apply", str(env.policy(BASIC)))
     proc = env.cgctl(

@@ -115,10 +115,15 @@ class CgroupfsDriver(Driver):
         return f"{ops.display(path)}/{knob.value}"
 
     async def observe(
-        self, paths: Iterable[GroupPath], keys: Mapping[GroupPath, Collection[SettingKey]]
+        self,
+        paths: Iterable[GroupPath],
+        keys: Mapping[GroupPath, Collection[SettingKey]],
+        *,
+        state: Collection[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         wanted = list(paths)
-        return await asyncio.to_thread(lambda: self._get_ops().observe(wanted, keys))
+        with_state = None if state is None else frozenset(state)
+        return await asyncio.to_thread(lambda: self._get_ops().observe(wanted, keys, with_state))
 
     async def _quick(self, call: Callable[[], None]) -> None:
         """Run a write the kernel finishes in microseconds on the loop's own thread.

@@ -78,6 +78,9 @@ class V1Ops:
         if not self.tree_for:
             raise UnsupportedError("no cgroup v1 controller hierarchy that cgctl uses is mounted")
         self.primary = next(self.tree_for[c] for c in v1.PRIMARY_PREFERENCE if c in self.tree_for)
+        # cpuset parents read with cgroup.clone_children = 1 during this apply (saves a read per new
+        # group); forgotten at every observe, so a long-running agent re-reads it once per apply.
+        self._cloning: set[tuple[str, ...]] = set()
         # every distinct tree, primary first
         self.trees: list[Tree] = [self.primary, *(t for t in by_mount.values() if t is not self.primary)]
         # serializes the writes that use the trees' cached directory handles
@@ -100,13 +103,17 @@ class V1Ops:
     # -- observe ---------------------------------------------------------------------------------
 
     def observe(
-        self, paths: Iterable[GroupPath], keys: Mapping[GroupPath, Collection[SettingKey]]
+        self,
+        paths: Iterable[GroupPath],
+        keys: Mapping[GroupPath, Collection[SettingKey]],
+        state: frozenset[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
+        self._cloning.clear()
         out: dict[GroupPath, ObservedGroup] = {}
         order = list(dict.fromkeys([(), *paths]))
         observed = Observed(order)
         for path in order:
-            out[path] = self._observe_one(path, keys.get(path, ()), observed)
+            out[path] = self._observe_one(path, keys.get(path, ()), observed, state is None or path in state)
         # a group is populated when it or any descendant holds processes
         for path, seen in out.items():
             if seen.populated:
@@ -117,7 +124,7 @@ class V1Ops:
         return out
 
     def _observe_one(
-        self, path: GroupPath, wanted: Collection[SettingKey], observed: Observed
+        self, path: GroupPath, wanted: Collection[SettingKey], observed: Observed, with_state: bool
     ) -> ObservedGroup:
         gd = self.primary.try_open(path)
         if gd is None:
@@ -144,7 +151,7 @@ class V1Ops:
                     values.update(read_values(d, by_tree[id(tree)], v1.TABLE))
             frozen = self_frozen = False
             freezer = self.tree_for.get("freezer")
-            if freezer is not None and (fd := dir_in(freezer)) is not None:
+            if with_state and freezer is not None and (fd := dir_in(freezer)) is not None:
                 state = (fd.read_optional("freezer.state") or "").strip()
                 frozen = state == "FROZEN"
                 if state != "THAWED":  # FROZEN or FREEZING: by its own request or its parent's?
@@ -160,7 +167,7 @@ class V1Ops:
                 values=values,
                 frozen=frozen,
                 self_frozen=self_frozen,
-                populated=populated(gd, observed),
+                populated=with_state and populated(gd, observed),
                 memory_current=current,
                 display=gd.display,
             )
@@ -183,13 +190,16 @@ class V1Ops:
             if exc.errno == errno_mod.EEXIST:
                 return False
             raise
-        cpuset = tree is self.tree_for.get("cpuset")
-        if cpuset and (parent.read_optional("cgroup.clone_children") or "").strip() != "1":
-            child = tree.cached(parts, group)
-            for file in CPUSET_FILES:
-                child.write(file, (parent.read_optional(file) or "").strip())
-            if parts == tree.rel(()):
-                child.write("cgroup.clone_children", "1")
+        if tree is not self.tree_for.get("cpuset") or parts[:-1] in self._cloning:
+            return True
+        if (parent.read_optional("cgroup.clone_children") or "").strip() == "1":
+            self._cloning.add(parts[:-1])
+            return True
+        child = tree.cached(parts, group)
+        for file in CPUSET_FILES:
+            child.write(file, (parent.read_optional(file) or "").strip())
+        if parts == tree.rel(()):
+            child.write("cgroup.clone_children", "1")
         return True
 
     def create(self, path: GroupPath) -> None:
@@ -415,6 +425,7 @@ class V1Ops:
             mode=self.mode,
             unsupported=unsupported,
             needs_subtree_control=False,
+            cpuset_within_parent=True,
             controllers=controllers,
             can_freeze="freezer" in self.tree_for,
             online_cpus=CpuList.parse(online_list("/sys/devices/system/cpu/online", "0")),

@@ -71,7 +71,10 @@ class V2Ops:
     # -- observe ---------------------------------------------------------------------------------
 
     def observe(
-        self, paths: Iterable[GroupPath], keys: Mapping[GroupPath, Collection[SettingKey]]
+        self,
+        paths: Iterable[GroupPath],
+        keys: Mapping[GroupPath, Collection[SettingKey]],
+        state: frozenset[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         out: dict[GroupPath, ObservedGroup] = {}
         for path in dict.fromkeys([(), *paths]):
@@ -81,7 +84,8 @@ class V2Ops:
                 continue
             with gd:
                 wanted = keys.get(path, ())
-                events = parse_flat_keyed(gd.read_optional("cgroup.events"))
+                with_state = state is None or path in state
+                events = parse_flat_keyed(gd.read_optional("cgroup.events")) if with_state else {}
                 current = None
                 if any(k in MEMORY_USAGE_KEYS for k in wanted):
                     text = gd.read_optional("memory.current")
@@ -90,7 +94,7 @@ class V2Ops:
                     exists=True,
                     values=read_values(gd, wanted, v2.TABLE),
                     frozen=events.get("frozen") == "1",
-                    self_frozen=(gd.read_optional("cgroup.freeze") or "0").strip() == "1",
+                    self_frozen=with_state and (gd.read_optional("cgroup.freeze") or "0").strip() == "1",
                     populated=events.get("populated") == "1",
                     memory_current=current,
                     subtree_control=frozenset((gd.read_optional("cgroup.subtree_control") or "").split()),

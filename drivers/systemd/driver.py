@@ -281,7 +281,11 @@ class SystemdDriver(Driver):
     # ---- observe ----------------------------------------------------------------------------------
 
     async def observe(
-        self, paths: Iterable[GroupPath], keys: Mapping[GroupPath, Collection[SettingKey]]
+        self,
+        paths: Iterable[GroupPath],
+        keys: Mapping[GroupPath, Collection[SettingKey]],
+        *,
+        state: Collection[GroupPath] | None = None,  # one GetAll per unit reads it anyway
     ) -> dict[GroupPath, ObservedGroup]:
         wanted = dict.fromkeys([(), *paths])
         results = await asyncio.gather(*(self._observe_one(path, keys.get(path, ())) for path in wanted))

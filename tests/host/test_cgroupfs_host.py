@@ -393,7 +393,13 @@ async def test_frozen_process_does_no_work_until_thawed(driver: CgroupfsDriver, 
     await asyncio.sleep(0.1)
     await driver.freeze(("ice",), timeout=5)
     seen = (await driver.observe([("ice",)], {}))[("ice",)]
-    assert seen.frozen and seen.self_frozen
+    assert seen.frozen and seen.self_frozen and seen.populated
+    # state=[] (a re-apply that names no `frozen`): settings are read, the flags are not
+    light = (await driver.observe([("ice",)], {("ice",): ["pids.max"]}, state=[]))[("ice",)]
+    assert light.exists and light.values == {"pids.max": None}
+    assert not (light.frozen or light.self_frozen or light.populated)
+    full = (await driver.observe([("ice",)], {}, state=[("ice",)]))[("ice",)]
+    assert full.frozen and full.self_frozen and full.populated
     before = cpu_ticks(proc.pid)
     await asyncio.sleep(0.5)
     assert cpu_ticks(proc.pid) == before

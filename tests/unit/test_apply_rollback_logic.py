@@ -48,7 +48,11 @@ class RecordingDriver(Driver):
         return Capabilities(driver="recording", mode=CgroupMode.V2)
 
     async def observe(
-        self, paths: Iterable[GroupPath], keys: Mapping[GroupPath, Collection[SettingKey]]
+        self,
+        paths: Iterable[GroupPath],
+        keys: Mapping[GroupPath, Collection[SettingKey]],
+        *,
+        state: Collection[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         return {p: ObservedGroup(exists=p in self.groups, values=dict(self.groups.get(p, {}))) for p in paths}
 

@@ -142,6 +142,40 @@ def test_unsupported_knob_becomes_a_warning_when_policy_allows() -> None:
     assert "left out" in plan.warnings[0].message
 
 
+def test_v1_cpusets_shrink_children_first_and_a_sideways_change_widens_first() -> None:
+    """v1 refuses (EBUSY) a parent cpuset that would leave a child outside it: the plan keeps every
+    child inside its parent at every step."""
+    caps = Capabilities(driver="test", mode=CgroupMode.V1, cpuset_within_parent=True)
+    cpus = "cpuset.cpus"
+    old = {
+        (): {},
+        ("web",): CpuList((0, 1, 2, 3)),
+        ("web", "a"): CpuList((0, 1, 2, 3)),
+        ("web", "b"): CpuList((2, 3)),
+    }
+    new = {("web",): CpuList((0, 1)), ("web", "a"): CpuList((0,)), ("web", "b"): CpuList((1,))}
+    observed = {(): ObservedGroup(exists=True)} | {
+        path: ObservedGroup(exists=True, values={cpus: value}) for path, value in old.items() if path
+    }
+    desired = {path: Group({cpus: value, "pids.max": 5}) for path, value in new.items()}
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=caps))
+    steps = [(op.path, op.old, op.new) for op in plan.ops if op.key == cpus]
+    assert steps == [
+        (("web", "b"), CpuList((2, 3)), CpuList((1, 2, 3))),  # sideways: widen within the parent first
+        (("web", "a"), CpuList((0, 1, 2, 3)), CpuList((0,))),  # then shrink, children first
+        (("web", "b"), CpuList((1, 2, 3)), CpuList((1,))),
+        (("web",), CpuList((0, 1, 2, 3)), CpuList((0, 1))),
+    ]
+    # walking the steps, every child stays inside its parent
+    current: dict[GroupPath, set[int]] = {p: set(v.ids) for p, v in old.items() if isinstance(v, CpuList)}
+    for path, _before, after in steps:
+        current[path] = set(after.ids)
+        assert current[("web", "a")] <= current[("web",)] and current[("web", "b")] <= current[("web",)]
+    # without the nesting rule (v2, systemd): one write per group, parents-first
+    v2 = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert [op.path for op in v2.ops if op.key == cpus] == [("web",), ("web", "a"), ("web", "b")]
+
+
 def test_impossible_cpuset_is_an_error() -> None:
     desired = {("web",): Group({"cpuset.cpus": CpuList((0, 7))})}
     plan = make_plan(PlanInput(desired=desired, observed={}, capabilities=V2))

@@ -275,6 +275,12 @@ async def test_freeze_waits_for_cgroup_events_and_ancestor_freeze_counts(
     seen = await driver.observe([("ice",), ("ice", "leaf")], {})
     assert seen[("ice",)].frozen and seen[("ice",)].self_frozen
     assert seen[("ice", "leaf")].frozen and not seen[("ice", "leaf")].self_frozen  # frozen by its parent
+    # state=[] (a re-apply that names no `frozen`): settings are read, the flags are not
+    light = (await driver.observe([("ice",)], {("ice",): ["pids.max"]}, state=[]))[("ice",)]
+    assert light.exists and light.values == {"pids.max": None}
+    assert not (light.frozen or light.self_frozen or light.populated)
+    full = (await driver.observe([("ice",)], {}, state=[("ice",)]))[("ice",)]
+    assert full.frozen and full.self_frozen and full.populated
     before = cpu_ticks(proc.pid)
     await asyncio.sleep(0.5)
     assert cpu_ticks(proc.pid) == before
