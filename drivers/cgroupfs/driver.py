@@ -50,6 +50,9 @@ class CgroupfsDriver(Driver):
         # seconds from the freeze/thaw write to the kernel's confirmation, for benchmarks and logs
         self.last_confirmation_seconds: float | None = None
         self._last_yield = time.monotonic()
+        # Groups this driver created since its last observe: empty, so no memory limit written to them
+        # can reclaim (their writes run inline without reading the usage first).
+        self._fresh: set[GroupPath] = set()
 
     @classmethod
     def usable(cls) -> tuple[bool, str]:
@@ -122,6 +125,7 @@ class CgroupfsDriver(Driver):
         state: Collection[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         wanted = list(paths)
+        self._fresh.clear()
         with_state = None if state is None else frozenset(state)
         return await asyncio.to_thread(lambda: self._get_ops().observe(wanted, keys, with_state))
 
@@ -142,6 +146,7 @@ class CgroupfsDriver(Driver):
     async def create(self, path: GroupPath) -> None:
         ops = self._get_ops()
         await self._quick(lambda: ops.create(path))
+        self._fresh.add(path)
 
     async def remove(self, path: GroupPath) -> None:
         # rmdir may retry with sleeps while exiting tasks leave: off the loop
@@ -149,7 +154,7 @@ class CgroupfsDriver(Driver):
 
     async def set(self, path: GroupPath, key: SettingKey, value: Value) -> None:
         ops = self._get_ops()
-        if ops.write_is_quick(path, key, value):
+        if path in self._fresh or ops.write_is_quick(path, key, value):
             await self._quick(lambda: ops.set(path, key, value))
         else:  # may reclaim memory or rebuild scheduling domains: off the loop
             await asyncio.to_thread(ops.set, path, key, value)

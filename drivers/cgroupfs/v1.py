@@ -111,9 +111,14 @@ def _parse_cfs(get: Get, _dev: str | None) -> Value:
     return CpuMax(convert.quota_from_v1(parse_int(need(get, QUOTA))), parse_int(need(get, PERIOD)))
 
 
-def _write_cfs(value: Value, _dev: str | None, _ctx: Context) -> list[Writes]:
+def _write_cfs(value: Value, _dev: str | None, ctx: Context) -> list[Writes]:
     cpu_max = expect_cpumax(value)
     quota, period = str(convert.quota_to_v1(cpu_max.quota_us)), str(cpu_max.period_us)
+    # Each write of either file re-validates the bandwidth of every task group on the host (the
+    # kernel walks the whole tree), so it costs more the more groups exist: an unchanged period (the
+    # common case, 100 ms) is read, not rewritten — a 5000-group apply saves 5000 tree walks.
+    if (ctx.read(PERIOD) or "").strip() == period:
+        return [[(QUOTA, quota)]]
     if cpu_max.quota_us is None:
         return [[(QUOTA, quota), (PERIOD, period)]]
     return [[(PERIOD, period), (QUOTA, quota)], [(QUOTA, quota), (PERIOD, period)]]

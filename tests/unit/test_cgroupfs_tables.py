@@ -132,6 +132,19 @@ def test_v1_cpu_max_writes_period_then_quota_with_the_reverse_order_as_fallback(
     assert parse(spec, {"cpu.cfs_quota_us": "20000\n", "cpu.cfs_period_us": "100000\n"}) == CpuMax(20_000)
 
 
+def test_v1_cpu_max_leaves_an_unchanged_period_unwritten() -> None:
+    """Every cfs write makes the kernel re-check all task groups: the period is written only if it
+    changes."""
+    spec = v1.TABLE[Knob.CPU_MAX]
+    now = Files({"cpu.cfs_period_us": "100000\n"})
+    assert writes(spec, CpuMax(50_000, 100_000), ctx=now) == [[("cpu.cfs_quota_us", "50000")]]
+    assert writes(spec, CpuMax(None, 100_000), ctx=now) == [[("cpu.cfs_quota_us", "-1")]]
+    assert writes(spec, CpuMax(5_000, 10_000), ctx=now)[0] == [
+        ("cpu.cfs_period_us", "10000"),
+        ("cpu.cfs_quota_us", "5000"),
+    ]
+
+
 def test_v1_cpuset_reset_copies_the_parents_list() -> None:
     spec = v1.TABLE[Knob.CPUSET_CPUS]
     assert writes(spec, CpuList((1,))) == [[("cpuset.cpus", "1")]]
