@@ -2,14 +2,21 @@
 """Benchmark: a /metrics scrape of N groups over HTTP against the raw read floor, in one run.
 
 For each size it creates N empty groups under a unique root (v1: the cpu, cpuacct, memory and pids
-hierarchies; v2: one root with those controllers enabled), starts an agent process that serves them
-(``exporters.server`` + ``drivers.cgroupfs.usage``, collecting on every scrape), and alternates R rounds of
+hierarchies; v2: one root with those controllers enabled), starts two agent processes that serve them
+(``exporters.server`` + ``drivers.cgroupfs.usage``): one collecting on every scrape
+(``SnapshotCache(min_interval=0)``), one serving the snapshot it collected first (the cache-hit path),
+and alternates R rounds of
 
   (a) the raw read floor: plain ``os.open``/``os.read``/``os.close`` of exactly the files the agent reads,
-  (b) one scrape with ``curl`` sending Prometheus's Accept and Accept-Encoding headers (OpenMetrics + gzip),
+  (b) one scrape of each agent with ``curl`` sending Prometheus's Accept and Accept-Encoding headers
+      (OpenMetrics + gzip),
 
-while the agent measures (c) the longest event-loop stall (a 5 ms ticker's lag) during each scrape and
-reports (d) its RSS. Prints medians and ratios; always removes its groups, also on failure or Ctrl-C.
+while the agents measure (c) the longest event-loop stall (a 5 ms ticker's lag) during each scrape and
+report (d) their RSS. With ``--compare-cgroups-exporter`` each round also times PyPI's cgroups-exporter
+on the same groups: one scrape of it (it serves what its background collector stored), and one pass of
+its own collector (``Collector.callback()``, run in-process in a helper under its interpreter), so the
+two exporters are compared in two modes: collecting per scrape, and serving the last collection.
+Prints medians and ratios; always removes its groups, also on failure or Ctrl-C.
 
 Usage (as root): .venv/bin/python bench/bench_scrape.py [--sizes 1000,5000] [--rounds 7] [--limits]
 """
@@ -149,7 +156,9 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-async def serve(layout: dict[str, object], root: str, count: int, limits: bool, freeze_gc: bool) -> None:
+async def serve(
+    layout: dict[str, object], root: str, count: int, limits: bool, freeze_gc: bool, min_interval: float
+) -> None:
     from exporters.collector import AgentMetrics, Snapshot
     from exporters.server import MetricsServer, SnapshotCache
 
@@ -206,7 +215,8 @@ async def serve(layout: dict[str, object], root: str, count: int, limits: bool, 
         max_lag = max_gc = 0.0
         return True, detail
 
-    server = MetricsServer(SnapshotCache(collect, agent, min_interval=0.0), agent, health=health)
+    cache = SnapshotCache(collect, agent, min_interval=min_interval)
+    server = MetricsServer(cache, agent, health=health)
     await server.start()
     tick = asyncio.ensure_future(ticker())
     print(f"PORT {server.port}", flush=True)
@@ -291,61 +301,164 @@ def _body_text(path: str) -> str:
     return gzip.decompress(data).decode() if data[:2] == b"\x1f\x8b" else data.decode()
 
 
-def compare_cgroups_exporter(
-    binary: str, layout: dict[str, object], root: str, count: int, rounds: int, files: Sequence[str]
-) -> dict[str, float]:
-    """Scrape PyPI's cgroups-exporter on the same groups. It collects in the background (here once, at
-    start), so its scrape only renders its registry: a comparison in its favour."""
-    if layout["mode"] != "v1":
-        raise SystemExit("the cgroups-exporter comparison is implemented for the v1 layout only")
-    port = 19000 + secrets.randbelow(1000)
-    globs = [f"{base}{root}/*" for base in _bases(layout)]
-    cmd = [binary, "--metrics-address", "127.0.0.1", "--metrics-port", str(port), "--collector-delay", "0"]
-    cmd += ["--collector-interval", "3600", "--log-level", "error", "--cgroups-path", *globs]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/metrics"
-    headers = (f"Accept: {PROMETHEUS_ACCEPT}", "Accept-Encoding: gzip")
-    last = f"{root.strip('/')}/g{count - 1:05d}"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            body_path = f"{tmp}/body"
-            deadline = time.monotonic() + 300
-            previous = -1
-            while True:  # ready once every group is in and the output stopped growing
-                assert time.monotonic() < deadline, "cgroups-exporter never finished its collection"
-                time.sleep(1)
-                try:
-                    _curl(url, body_path, *headers)
-                except subprocess.CalledProcessError:
-                    continue
-                text = _body_text(body_path)
-                lines = text.count("\n")
-                if last in text and lines == previous:
-                    break
-                previous = lines
-            floors, scrapes = [], []
-            for _ in range(rounds):
-                floors.append(read_floor(files))
-                scrapes.append(_curl(url, body_path, *headers))
-            text = _body_text(body_path)
-            with open(f"/proc/{proc.pid}/status") as handle:
-                rss_kb = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
-        series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+# Runs under cgroups-exporter's own interpreter: one pass of its own collector per line on stdin, timed.
+# It is the pass its PeriodicService runs every --collector-interval seconds, with the CLI's defaults
+# (4 collector workers, a pool of 4 threads: cgroups_exporter/args.py), in a process of its own.
+_CGX_COLLECT_PASS = """
+import sys, time
+from aiomisc import entrypoint
+from cgroups_exporter.services.collector import Collector
+
+async def main():
+    collector = Collector(interval=3600, delay=0, cgroup_paths=sys.argv[1:], max_workers=4)
+    for _ in sys.stdin:
+        started = time.perf_counter()
+        await collector.callback()
+        print(time.perf_counter() - started, flush=True)
+
+with entrypoint(pool_size=4, log_level="error") as loop:
+    loop.run_until_complete(main())
+"""
+
+
+def _interpreter(script: str) -> str:
+    """The Python a console script runs under (its ``#!`` line), i.e. its own virtualenv's."""
+    with open(script, "rb") as handle:
+        first = handle.readline().decode().strip()
+    if first.startswith("#!") and "python" in first:
+        return first[2:].split()[0]
+    return str(Path(script).parent / "python")
+
+
+class CgroupsExporter:
+    """PyPI's cgroups-exporter (0.8.8) on the same groups, plus a helper timing its collection pass.
+
+    cgroups-exporter collects in a background ``PeriodicService`` (every ``--collector-interval``
+    seconds, an integer, default 15) into a global store, and a scrape only writes that store out (text
+    0.0.4, one chunked write per line, gzip when asked). No option puts collection in the scrape path,
+    so its "collect per scrape" cost is its collection pass (timed by the helper) plus its scrape.
+
+    Its collector finds a group's controller by the path ("memory", "pids", "cpu,cpuacct", ...). Where
+    cpu and cpuacct are separate mounts, as on this host, it exports no CPU data at all; with
+    ``cpu_link`` a symlink named ``cpu,cpuacct`` to the cpu hierarchy (in a temporary directory; no
+    cgroup is touched) gives it the layout of a host where systemd co-mounts them, as in
+    reference/performance.md (64k series at 1000 groups).
+    """
+
+    def __init__(
+        self, binary: str, layout: dict[str, object], root: str, count: int, tmp: str, cpu_link: bool
+    ) -> None:
+        if layout["mode"] != "v1":
+            raise SystemExit("the cgroups-exporter comparison is implemented for the v1 layout only")
+        hierarchies = layout["hierarchies"]
+        assert isinstance(hierarchies, dict)
+        self.globs = [f"{base}{root}/*" for base in _bases(layout)]
+        cpu = str(hierarchies["cpu"])
+        self.cpu_linked = cpu_link and "cpu,cpuacct" not in cpu
+        if self.cpu_linked:
+            os.symlink(cpu, f"{tmp}/cpu,cpuacct")
+            self.globs.append(f"{tmp}/cpu,cpuacct{root}/*")
+        self.binary = binary
+        self.count = count
+        self.root = root
+        self.body_path = f"{tmp}/cgx-body"
+        self.port = 19000 + secrets.randbelow(1000)
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.helper: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        cmd = [self.binary, "--metrics-address", "127.0.0.1", "--metrics-port", str(self.port)]
+        # One collection right at start (delay 0) and none during the rounds (interval 3600 s), so its
+        # scrapes are not slowed by its own collector running in the same process.
+        cmd += ["--collector-delay", "0", "--collector-interval", "3600", "--log-level", "error"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--cgroups-path", *self.globs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.helper = subprocess.Popen(
+            [_interpreter(self.binary), "-c", _CGX_COLLECT_PASS, *self.globs],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.collect_pass()  # the first pass also creates every series in its store: not steady state
+        deadline = time.monotonic() + 300
+        previous = -1
+        last = f"{self.root.strip('/')}/g{self.count - 1:05d}"
+        while True:  # ready once every group is in and the output stopped growing
+            assert time.monotonic() < deadline, "cgroups-exporter never finished its collection"
+            time.sleep(1)
+            try:
+                self.scrape()
+            except subprocess.CalledProcessError:
+                continue
+            text = _body_text(self.body_path)
+            lines = text.count("\n")
+            if last in text and lines == previous:
+                break
+            previous = lines
+
+    def scrape(self) -> float:
+        return _curl(self.url, self.body_path, f"Accept: {PROMETHEUS_ACCEPT}", "Accept-Encoding: gzip")
+
+    def collect_pass(self) -> float:
+        assert self.helper is not None and self.helper.stdin is not None and self.helper.stdout is not None
+        self.helper.stdin.write("\n")
+        self.helper.stdin.flush()
+        return float(self.helper.stdout.readline())
+
+    def stats(self) -> dict[str, float]:
+        assert self.proc is not None
+        gz_bytes = Path(self.body_path).stat().st_size
+        text = _body_text(self.body_path)
+        with open(f"/proc/{self.proc.pid}/status") as handle:
+            rss_kb = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
         return {
-            "floor_p50_s": statistics.median(floors),
-            "scrape_p50_s": statistics.median(scrapes),
-            "series": series,
+            "series": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
             "body_kb": len(text) / 1024,
+            "gzip_kb": gz_bytes / 1024,
             "rss_mb": rss_kb / 1024,
             "promtool_ok": float(_promtool_ok(text) or 0),
+            "cpu_linked": float(self.cpu_linked),
         }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+    def close(self) -> None:
+        # Our own children, by their Popen handles: the helper ends when its stdin closes, the exporter
+        # on SIGTERM; either is killed if it has not ended 30 s later.
+        if self.helper is not None and self.helper.stdin is not None:
+            self.helper.stdin.close()
+        if self.proc is not None:
+            self.proc.terminate()
+        for proc in (self.helper, self.proc):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.helper = self.proc = None
+
+
+def _start_agent(
+    layout: dict[str, object], root: str, count: int, limits: bool, freeze_gc: bool, min_interval: float
+) -> tuple[subprocess.Popen[str], int]:
+    cmd = [sys.executable, __file__, "serve", "--layout", json.dumps(layout), "--root", root]
+    cmd += ["--count", str(count), "--min-interval", str(min_interval)]
+    cmd += (["--limits"] if limits else []) + (["--gc-freeze"] if freeze_gc else [])
+    agent = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert agent.stdout is not None
+    return agent, int(agent.stdout.readline().split()[1])
+
+
+def _stop_agent(agent: subprocess.Popen[str]) -> None:
+    if agent.stdin is not None:
+        agent.stdin.close()
+    try:
+        agent.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait()
 
 
 def bench_size(
@@ -356,32 +469,36 @@ def bench_size(
     freeze_gc: bool,
     compare: str | None = None,
     idle_seconds: float = 0.0,
+    cpu_link: bool = True,
 ) -> dict[str, float]:
     root = f"/cgctl-bench-{secrets.token_hex(4)}"
     created: list[str] = []
-    agent: subprocess.Popen[str] | None = None
+    agents: list[subprocess.Popen[str]] = []
+    other: CgroupsExporter | None = None
     try:
-        started = time.perf_counter()
-        create_groups(layout, root, count, created)
-        create_s = time.perf_counter() - started
-        files = floor_files(layout, group_paths(root, count), limits)
-        cmd = [sys.executable, __file__, "serve", "--layout", json.dumps(layout), "--root", root]
-        cmd += (
-            ["--count", str(count)]
-            + (["--limits"] if limits else [])
-            + (["--gc-freeze"] if freeze_gc else [])
-        )
-        agent = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert agent.stdout is not None
-        port = int(agent.stdout.readline().split()[1])
-        url = f"http://127.0.0.1:{port}/metrics"
-        headers = (f"Accept: {PROMETHEUS_ACCEPT}", "Accept-Encoding: gzip")
         with tempfile.TemporaryDirectory() as tmp:
-            body_path = f"{tmp}/body"
-            read_floor(files)  # warm the dentry cache the same way for both sides
+            started = time.perf_counter()
+            create_groups(layout, root, count, created)
+            create_s = time.perf_counter() - started
+            files = floor_files(layout, group_paths(root, count), limits)
+            # "fresh": collects on every scrape; "cached": serves the snapshot its first scrape collected.
+            agent, port = _start_agent(layout, root, count, limits, freeze_gc, 0.0)
+            agents.append(agent)
+            cached_agent, cached_port = _start_agent(layout, root, count, limits, freeze_gc, 1e9)
+            agents.append(cached_agent)
+            url = f"http://127.0.0.1:{port}/metrics"
+            cached_url = f"http://127.0.0.1:{cached_port}/metrics"
+            headers = (f"Accept: {PROMETHEUS_ACCEPT}", "Accept-Encoding: gzip")
+            if compare:
+                other = CgroupsExporter(compare, layout, root, count, tmp, cpu_link)
+                other.start()
+            body_path, cached_body_path = f"{tmp}/body", f"{tmp}/cached-body"
+            read_floor(files)  # warm the dentry cache the same way for every side
             _curl(url, body_path, *headers)
+            _curl(cached_url, cached_body_path, *headers)  # its one collection, and its rendering
             warm_sum, warm_count = _collect_totals(_body_samples(body_path)[0])
             floors, scrapes, lags, idle_lags, gcs = [], [], [], [], []
+            cached, cached_lags, other_scrapes, other_collects = [], [], [], []
             for _ in range(rounds):
                 floors.append(read_floor(files))
                 _health(port)  # resets the agent's max lag
@@ -393,54 +510,81 @@ def bench_size(
                 # machine's scheduler alone causes, to read the stall figure against.
                 time.sleep(scrapes[-1])
                 idle_lags.append(_health(port)["max_lag_s"])
+                _health(cached_port)
+                cached.append(_curl(cached_url, cached_body_path, *headers))
+                cached_lags.append(_health(cached_port)["max_lag_s"])
+                if other is not None:
+                    other_collects.append(other.collect_pass())
+                    other_scrapes.append(other.scrape())
             final = _health(port)
+            cached_final = _health(cached_port)
             samples, body_bytes = _body_samples(body_path)
             gz_bytes = Path(body_path).stat().st_size
-        collect_sum, collect_count = _collect_totals(samples)
-        # Each body counts its own collection, so the delta covers exactly the measured rounds.
-        collect_mean = (collect_sum - warm_sum) / max(collect_count - warm_count, 1)
-        scraped_groups = sum(1 for line in samples if line.startswith("cgroup_memory_usage_bytes{"))
-        assert scraped_groups == count, f"scrape saw {scraped_groups} groups, expected {count}"
-        with tempfile.NamedTemporaryFile() as text_body:
-            _curl(url, text_body.name)  # text format 0.0.4, what promtool parses
-            promtool_ok = _promtool_ok(_body_text(text_body.name))
-        other: dict[str, float] = {}
-        if idle_seconds:
-            other["idle_cpu_share"] = idle_cpu(agent.pid, url, idle_seconds)
-        if compare:
-            theirs = compare_cgroups_exporter(compare, layout, root, count, rounds, files)
-            other.update({f"other_{key}": value for key, value in theirs.items()})
-        return {
-            **other,
-            "promtool_ok": float(promtool_ok or 0),
-            "groups": count,
-            "files": len(files),
-            "create_s": create_s,
-            "floor_p50_s": statistics.median(floors),
-            "scrape_p50_s": statistics.median(scrapes),
-            "scrape_min_s": min(scrapes),
-            "ratio_p50": statistics.median(sc / fl for sc, fl in zip(scrapes, floors, strict=True)),
-            "idle_lag_max_s": max(idle_lags),
-            "idle_lag_p50_s": statistics.median(idle_lags),
-            "collect_mean_s": collect_mean,
-            "max_lag_s": max(lags),
-            "lag_p50_s": statistics.median(lags),
-            "max_gc_s": max(gcs),
-            "rss_mb": final["rss_kb"] / 1024,
-            "peak_rss_mb": final["hwm_kb"] / 1024,
-            "series": len(samples),
-            "body_kb": body_bytes / 1024,
-            "gzip_kb": gz_bytes / 1024,
-        }
+            cached_samples = _body_samples(cached_body_path)[0]
+            collect_sum, collect_count = _collect_totals(samples)
+            # Each body counts its own collection, so the delta covers exactly the measured rounds.
+            collect_mean = (collect_sum - warm_sum) / max(collect_count - warm_count, 1)
+            for body in (samples, cached_samples):
+                scraped_groups = sum(1 for line in body if line.startswith("cgroup_memory_usage_bytes{"))
+                assert scraped_groups == count, f"scrape saw {scraped_groups} groups, expected {count}"
+            assert _collect_totals(cached_samples)[1] == 1, "the cached agent collected more than once"
+            with tempfile.NamedTemporaryFile() as text_body:
+                _curl(url, text_body.name)  # text format 0.0.4, what promtool parses
+                promtool_ok = _promtool_ok(_body_text(text_body.name))
+            extra: dict[str, float] = {}
+            if other is not None:
+                extra.update({f"other_{key}": value for key, value in other.stats().items()})
+                per_scrape = [c + s for c, s in zip(other_collects, other_scrapes, strict=True)]
+                extra.update(
+                    {
+                        "other_scrape_p50_s": statistics.median(other_scrapes),
+                        "other_collect_p50_s": statistics.median(other_collects),
+                        "other_fresh_p50_s": statistics.median(per_scrape),
+                        # ratios of per-round pairs (each measured back to back), then their median
+                        "fresh_ratio_p50": statistics.median(
+                            o / ours for o, ours in zip(per_scrape, scrapes, strict=True)
+                        ),
+                        "cached_ratio_p50": statistics.median(
+                            o / ours for o, ours in zip(other_scrapes, cached, strict=True)
+                        ),
+                    }
+                )
+                other.close()
+                other = None
+            if idle_seconds:
+                extra["idle_cpu_share"] = idle_cpu(agent.pid, url, idle_seconds)
+            return {
+                **extra,
+                "promtool_ok": float(promtool_ok or 0),
+                "groups": count,
+                "files": len(files),
+                "create_s": create_s,
+                "floor_p50_s": statistics.median(floors),
+                "scrape_p50_s": statistics.median(scrapes),
+                "scrape_min_s": min(scrapes),
+                "ratio_p50": statistics.median(sc / fl for sc, fl in zip(scrapes, floors, strict=True)),
+                "idle_lag_max_s": max(idle_lags),
+                "idle_lag_p50_s": statistics.median(idle_lags),
+                "collect_mean_s": collect_mean,
+                "max_lag_s": max(lags),
+                "lag_p50_s": statistics.median(lags),
+                "max_gc_s": max(gcs),
+                "rss_mb": final["rss_kb"] / 1024,
+                "peak_rss_mb": final["hwm_kb"] / 1024,
+                "series": len(samples),
+                "body_kb": body_bytes / 1024,
+                "gzip_kb": gz_bytes / 1024,
+                "cached_p50_s": statistics.median(cached),
+                "cached_min_s": min(cached),
+                "cached_max_lag_s": max(cached_lags),
+                "cached_rss_mb": cached_final["rss_kb"] / 1024,
+                "cached_peak_rss_mb": cached_final["hwm_kb"] / 1024,
+            }
     finally:
-        if agent is not None:
-            if agent.stdin is not None:
-                agent.stdin.close()
-            try:
-                agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+        if other is not None:
+            other.close()
+        for process in agents:
+            _stop_agent(process)
         if remove_groups(created):
             print(f"warning: some groups under {root} were left behind", file=sys.stderr)
 
@@ -458,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--count", type=int, required=True)
     serve_parser.add_argument("--limits", action="store_true")
     serve_parser.add_argument("--gc-freeze", action="store_true")
+    serve_parser.add_argument("--min-interval", type=float, default=0.0)
     parser.add_argument("--sizes", default="1000,5000")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--mode", choices=("auto", "v1", "v2"), default="auto")
@@ -466,7 +611,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-cgroups-exporter",
         metavar="BINARY",
-        help="also scrape PyPI's cgroups-exporter (with argclass==1.0.2) on the same groups",
+        help="also time PyPI's cgroups-exporter (with argclass==1.0.2) on the same groups",
+    )
+    parser.add_argument(
+        "--cgroups-exporter-cpu-link",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give cgroups-exporter a cpu,cpuacct symlink where the two are separate mounts (default: yes)",
     )
     parser.add_argument(
         "--idle-seconds",
@@ -478,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        asyncio.run(serve(json.loads(args.layout), args.root, args.count, args.limits, args.gc_freeze))
+        layout = json.loads(args.layout)
+        asyncio.run(serve(layout, args.root, args.count, args.limits, args.gc_freeze, args.min_interval))
         return 0
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark creates cgroups")
@@ -493,7 +645,14 @@ def main(argv: list[str] | None = None) -> int:
     for index, size in enumerate(int(s) for s in args.sizes.split(",")):
         idle = args.idle_seconds if index == 0 else 0.0
         r = bench_size(
-            layout, size, args.rounds, args.limits, args.gc_freeze, args.compare_cgroups_exporter, idle
+            layout,
+            size,
+            args.rounds,
+            args.limits,
+            args.gc_freeze,
+            args.compare_cgroups_exporter,
+            idle,
+            args.cgroups_exporter_cpu_link,
         )
         results.append(r)
         print(
@@ -514,14 +673,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"         idle: {r['idle_cpu_share'] * 100:.2f}% of one core with a scrape every 15 s",
                 flush=True,
             )
+        print(
+            f"         cached snapshot (cache-hit path): scrape p50 {r['cached_p50_s'] * 1000:.1f} ms "
+            f"(min {r['cached_min_s'] * 1000:.1f})  max loop stall {r['cached_max_lag_s'] * 1000:.1f} ms  "
+            f"RSS {r['cached_rss_mb']:.1f} MB (peak {r['cached_peak_rss_mb']:.1f})",
+            flush=True,
+        )
         if "other_scrape_p50_s" in r:
+            linked = " (cpu,cpuacct link)" if r["other_cpu_linked"] else ""
             print(
-                f"         cgroups-exporter: scrape p50 {r['other_scrape_p50_s'] * 1000:7.1f} ms "
-                f"(floor p50 {r['other_floor_p50_s'] * 1000:.1f} ms)  "
-                f"ours {r['other_scrape_p50_s'] / r['scrape_p50_s']:.1f}x faster  "
-                f"series {r['other_series']:.0f} ({r['other_series'] / r['series']:.1f}x ours)  "
-                f"body {r['other_body_kb']:.0f} KiB  RSS {r['other_rss_mb']:.1f} MB  "
-                f"promtool {'ok' if r['other_promtool_ok'] else 'FAILED'}",
+                f"         cgroups-exporter{linked}: series {r['other_series']:.0f} "
+                f"({r['other_series'] / r['series']:.1f}x ours)  body {r['other_body_kb']:.0f} KiB / "
+                f"gzip {r['other_gzip_kb']:.0f} KiB  RSS {r['other_rss_mb']:.1f} MB  "
+                f"promtool {'ok' if r['other_promtool_ok'] else 'FAILED'}\n"
+                f"           collect per scrape:    cgctl {r['scrape_p50_s'] * 1000:7.1f} ms   "
+                f"cgroups-exporter {r['other_fresh_p50_s'] * 1000:7.1f} ms "
+                f"(collection pass {r['other_collect_p50_s'] * 1000:.1f} + scrape "
+                f"{r['other_scrape_p50_s'] * 1000:.1f})   ours {r['fresh_ratio_p50']:.1f}x faster\n"
+                f"           serve last collection: cgctl {r['cached_p50_s'] * 1000:7.1f} ms   "
+                f"cgroups-exporter {r['other_scrape_p50_s'] * 1000:7.1f} ms   "
+                f"ours {r['cached_ratio_p50']:.1f}x faster",
                 flush=True,
             )
     if args.json:

@@ -390,11 +390,18 @@ def _io_limit_samples(rows: Rows, family: str) -> Iterator[Sample]:
 
 
 def build_families(snapshot: Snapshot, agent: AgentState | None) -> list[Family]:
-    """All families for one scrape, in a stable order (groups sorted by path).
+    """All families for one scrape, in a stable order (groups sorted by path): the per-group families
+    of :func:`build_group_families`, then the agent's own of :func:`build_agent_families`."""
+    return build_group_families(snapshot) + build_agent_families(agent, len(snapshot.usage))
 
-    Per-group families hold generators, consumed once by the renderer: a scrape of 5000 groups has
-    ~110k samples, and holding them all as tuples at once cost ~30 MB of peak RSS and long pauses of
-    the cyclic GC (which runs with the GIL held and so stalls the event loop).
+
+def build_group_families(snapshot: Snapshot) -> list[Family]:
+    """The per-group families (``GROUP_FAMILIES``): a function of the snapshot alone, so the server
+    renders them once per snapshot and reuses the bytes for every scrape of it.
+
+    The families hold generators, consumed once by the renderer: a scrape of 5000 groups has ~110k
+    samples, and holding them all as tuples at once cost ~30 MB of peak RSS and long pauses of the
+    cyclic GC (which runs with the GIL held and so stalls the event loop).
     """
     names = snapshot.names
     rows: Rows = [
@@ -425,12 +432,15 @@ def build_families(snapshot: Snapshot, agent: AgentState | None) -> list[Family]
         generators[name] = _io_samples(rows, field_name)
     for name in _IO_LIMIT_FIELDS:
         generators[name] = _io_limit_samples(rows, name)
+    return [Family(spec.name, spec.kind, spec.help, generators.get(spec.name, [])) for spec in GROUP_FAMILIES]
 
-    families = [
-        Family(spec.name, spec.kind, spec.help, generators.get(spec.name, [])) for spec in ALL_FAMILIES
-    ]
+
+def build_agent_families(agent: AgentState | None, cgroups: int) -> list[Family]:
+    """The agent's own families (``AGENT_FAMILIES``), from its state at this scrape; ``cgroups`` is the
+    number of groups in the snapshot being served. Without ``agent`` the families have no samples."""
+    families = [Family(spec.name, spec.kind, spec.help, []) for spec in AGENT_FAMILIES]
     if agent is not None:
-        _add_agent({family.name: family for family in families}, agent, len(rows))
+        _add_agent({family.name: family for family in families}, agent, cgroups)
     return families
 
 

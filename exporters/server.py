@@ -1,10 +1,15 @@
 """A tiny asyncio HTTP/1.1 server for ``/metrics`` and ``/healthz``.
 
 Nothing slow runs on the event loop: collection is the caller's ``collect()`` coroutine (which batches
-its reads in one ``asyncio.to_thread``), and building + rendering + gzip of the exposition run in one
+its reads in one ``asyncio.to_thread``), and building + rendering + gzip of the exposition run in
 ``asyncio.to_thread`` too — prometheus_client's own aiohttp/ASGI integrations render on the loop and
 stall it for hundreds of milliseconds (reference/deps.md §8). The loop only parses request headers and
 hands the finished body to the transport.
+
+The per-group part of a body depends on the snapshot alone, so it is rendered once per snapshot and
+format (text or OpenMetrics, plain or gzip) and reused by every scrape of that snapshot (an HA pair of
+Prometheus servers, several scrapers within ``min_interval``); each scrape renders only the agent's own
+families, which move between scrapes, and joins the two (:func:`exporters.exposition.finish`).
 
 Robustness against slow or hostile clients: a deadline for each request's headers (slowloris), a cap
 on header size (431), a cap on concurrent connections, a deadline for writing the response, and any
@@ -17,13 +22,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from exporters.collector import AgentMetrics, Snapshot, build_families
-from exporters.exposition import render, render_gzip
+from exporters.collector import AgentMetrics, Snapshot, build_agent_families, build_group_families
+from exporters.exposition import Prefix, finish, render_prefix
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +169,10 @@ class MetricsServer:
         self._limits = limits or ServerLimits()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        # The rendered per-group part of the snapshot last served, by (openmetrics, gzip); a future so
+        # that concurrent scrapes of one snapshot wait for one rendering instead of starting their own.
+        self._prefix_snapshot: Snapshot | None = None
+        self._prefixes: dict[tuple[bool, bool], asyncio.Future[Prefix]] = {}
 
     @property
     def port(self) -> int:
@@ -266,7 +275,8 @@ class MetricsServer:
         use_gzip = gzip_accepted(request.headers.get("accept-encoding", ""))
         try:
             snapshot = await self._cache.get()
-            body = await asyncio.to_thread(self._render, snapshot, openmetrics, use_gzip)
+            prefix = await self._prefix(snapshot, openmetrics, use_gzip)
+            body = await asyncio.to_thread(self._finish, prefix, snapshot)
         except Exception:
             log.exception("event=render_failed")
             await self._send(writer, 500, b"rendering failed\n", close=True)
@@ -276,32 +286,55 @@ class MetricsServer:
             writer, 200, body, close=close, head_only=head_only, content_type=content_type, extra=extra
         )
 
-    def _render(self, snapshot: Snapshot, openmetrics: bool, use_gzip: bool) -> bytes:
+    async def _prefix(self, snapshot: Snapshot, openmetrics: bool, use_gzip: bool) -> Prefix:
+        """The per-group part of ``snapshot``'s body in this format, rendered (in a worker thread) by
+        the first scrape that needs it and kept until a scrape gets a different snapshot."""
+        if snapshot is not self._prefix_snapshot:
+            self._prefix_snapshot = snapshot
+            self._prefixes = {}
+        key = (openmetrics, use_gzip)
+        future = self._prefixes.get(key)
+        if future is None:
+            future = asyncio.ensure_future(
+                asyncio.to_thread(self._render_prefix, snapshot, openmetrics, use_gzip)
+            )
+            self._prefixes[key] = future
+        try:
+            # shield: one scraper disconnecting must not cancel the rendering the others wait for.
+            return await asyncio.shield(future)
+        except Exception:
+            if self._prefixes.get(key) is future:
+                del self._prefixes[key]  # the next scrape tries again
+            raise
+
+    def _render_prefix(self, snapshot: Snapshot, openmetrics: bool, use_gzip: bool) -> Prefix:
+        level = self._limits.gzip_level if use_gzip else None
+        return render_prefix(build_group_families(snapshot), openmetrics=openmetrics, gzip_level=level)
+
+    def _finish(self, prefix: Prefix, snapshot: Snapshot) -> list[bytes]:
         agent = self._agent.state() if self._agent is not None else None
-        families = build_families(snapshot, agent)
-        if use_gzip:
-            return render_gzip(families, openmetrics=openmetrics, level=self._limits.gzip_level)
-        return render(families, openmetrics=openmetrics)
+        return finish(prefix, build_agent_families(agent, len(snapshot.usage)))
 
     async def _send(
         self,
         writer: asyncio.StreamWriter,
         status: int,
-        body: bytes,
+        body: bytes | Sequence[bytes],
         *,
         close: bool,
         head_only: bool = False,
         content_type: str = "text/plain; charset=utf-8",
         extra: list[tuple[str, str]] | None = None,
     ) -> None:
+        pieces = [body] if isinstance(body, bytes) else body  # written in order, never joined into one
         lines = [
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
             f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}",
+            f"Content-Length: {sum(len(piece) for piece in pieces)}",
             f"Connection: {'close' if close else 'keep-alive'}",
         ]
         lines.extend(f"{name}: {value}" for name, value in extra or ())
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if not head_only:
-            writer.write(body)
+            writer.writelines(pieces)
         await asyncio.wait_for(writer.drain(), self._limits.write_timeout)

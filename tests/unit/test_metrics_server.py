@@ -12,7 +12,15 @@ import pytest
 
 from drivers.api import GroupUsage
 from exporters import server as server_module
-from exporters.collector import AgentMetrics, AgentState, Family, Snapshot, build_families
+from exporters.collector import (
+    AgentMetrics,
+    AgentState,
+    Family,
+    Snapshot,
+    build_agent_families,
+    build_families,
+    build_group_families,
+)
 from exporters.exposition import render_gzip
 from exporters.server import MetricsServer, ServerLimits, SnapshotCache
 
@@ -255,12 +263,18 @@ async def test_rendering_a_large_snapshot_does_not_block_the_loop(monkeypatch: p
     loop_thread = threading.get_ident()
     render_threads: list[int] = []
 
-    def recording_build(snapshot: Snapshot, agent: AgentState | None) -> list[Family]:
+    def recording_groups(snapshot: Snapshot) -> list[Family]:
         render_threads.append(threading.get_ident())
-        return build_families(snapshot, agent)
+        return build_group_families(snapshot)
 
-    monkeypatch.setattr(server_module, "build_families", recording_build)
-    server = MetricsServer(SnapshotCache(collect), AgentMetrics("0", "cgroupfs", "v2"))
+    def recording_agent(agent: AgentState | None, cgroups: int) -> list[Family]:
+        render_threads.append(threading.get_ident())
+        return build_agent_families(agent, cgroups)
+
+    monkeypatch.setattr(server_module, "build_group_families", recording_groups)
+    monkeypatch.setattr(server_module, "build_agent_families", recording_agent)
+    # min_interval=0: every scrape collects a new snapshot and so renders it (no cached body).
+    server = MetricsServer(SnapshotCache(collect, min_interval=0.0), AgentMetrics("0", "cgroupfs", "v2"))
     await server.start()
     h = Harness()
     h.port = server.port
@@ -277,10 +291,101 @@ async def test_rendering_a_large_snapshot_does_not_block_the_loop(monkeypatch: p
         await server.close()
     assert [r.status for r in responses] == [200] * 3
     assert gzip.decompress(responses[0].body).count(b"cgroup_memory_stat_bytes{") == 4 * 20000
-    assert render_threads and loop_thread not in render_threads  # built and rendered in a worker thread
+    assert len(render_threads) == 6  # the group part and the agent part of each of the three scrapes
+    assert loop_thread not in render_threads  # built and rendered in a worker thread
     # Rendered on the loop, the stall would be at least on_loop_cost (~140 ms for these 120k samples).
     # Off the loop it is a few GIL switch intervals (5 ms each) plus whatever this shared machine's
     # scheduler adds; bench/bench_scrape.py measures the real figure against an idle baseline.
     assert lag < on_loop_cost, (
         f"event loop stalled {lag * 1000:.1f} ms (on-loop cost {on_loop_cost * 1000:.1f})"
     )
+
+
+class RenderCounter:
+    """Counts how often the server renders the per-group part of a body."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
+        self.calls = 0
+        self.fail = fail
+        monkeypatch.setattr(server_module, "build_group_families", self._build)
+
+    def _build(self, snapshot: Snapshot) -> list[Family]:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("rendering broke")
+        return build_group_families(snapshot)
+
+
+async def test_the_same_snapshot_served_twice_renders_its_groups_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders = RenderCounter(monkeypatch)
+    first = await harness.get(Accept=PROMETHEUS_ACCEPT, Accept_Encoding="gzip")
+    harness.agent.record_apply("ok", 0.1)  # agent counters move between the two scrapes
+    second = await harness.get(Accept=PROMETHEUS_ACCEPT, Accept_Encoding="gzip")
+    assert (harness.collect_calls, renders.calls) == (1, 1)
+    first_text, second_text = gzip.decompress(first.body).decode(), gzip.decompress(second.body).decode()
+    assert 'cgctl_apply_total{result="ok"} 0\n' in first_text
+    assert 'cgctl_apply_total{result="ok"} 1\n' in second_text  # the agent part is rendered per scrape
+    assert 'cgroup_cpu_usage_seconds_total{cgroup="/cgctl/web",group="web"} 1.25\n' in second_text
+    assert second_text.count("# EOF") == 1 and second_text.endswith("# EOF\n")
+
+
+async def test_a_new_snapshot_is_rendered_again(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    renders = RenderCounter(monkeypatch)
+    await harness.get(Accept_Encoding="gzip")
+    harness.now += 1.5  # past min_interval: the next scrape collects a new snapshot
+    await harness.get(Accept_Encoding="gzip")
+    await harness.get(Accept_Encoding="gzip")
+    assert (harness.collect_calls, renders.calls) == (2, 2)
+
+
+async def test_each_format_and_encoding_is_rendered_once_and_served_correctly(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders = RenderCounter(monkeypatch)
+    bodies: dict[tuple[bool, bool], str] = {}
+    for _ in range(2):
+        for openmetrics in (False, True):
+            for use_gzip in (False, True):
+                headers = {"Accept": PROMETHEUS_ACCEPT} if openmetrics else {}
+                if use_gzip:
+                    headers["Accept_Encoding"] = "gzip"
+                response = await harness.get(**headers)
+                assert ("content-encoding" in response.headers) == use_gzip
+                assert response.headers["content-type"].startswith(
+                    "application/openmetrics-text" if openmetrics else "text/plain; version=0.0.4"
+                )
+                body = gzip.decompress(response.body) if use_gzip else response.body
+                bodies[(openmetrics, use_gzip)] = body.decode()
+    assert (harness.collect_calls, renders.calls) == (1, 4)
+    text, om = bodies[(False, False)], bodies[(True, False)]
+    assert bodies[(False, True)] == text and bodies[(True, True)] == om
+    assert "# TYPE cgroup_cpu_usage_seconds_total counter\n" in text and "# EOF" not in text
+    assert "# TYPE cgroup_cpu_usage_seconds counter\n" in om and om.count("# EOF") == 1
+    assert om.endswith("# EOF\n")
+
+
+async def test_concurrent_scrapes_of_one_snapshot_share_one_rendering(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders = RenderCounter(monkeypatch)
+    harness.gate = asyncio.Event()
+    scrapes = [asyncio.ensure_future(harness.get(Accept_Encoding="gzip")) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    harness.gate.set()
+    responses = await asyncio.gather(*scrapes)
+    assert len({gzip.decompress(r.body) for r in responses}) == 1
+    assert (harness.collect_calls, renders.calls) == (1, 1)
+
+
+async def test_a_failed_rendering_is_500_and_the_next_scrape_tries_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renders = RenderCounter(monkeypatch, fail=True)
+    assert (await harness.get()).status == 500
+    renders.fail = False
+    response = await harness.get()
+    assert response.status == 200
+    assert b"cgroup_cpu_usage_seconds_total{" in response.body
+    assert (harness.collect_calls, renders.calls) == (1, 2)
