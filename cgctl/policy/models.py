@@ -9,13 +9,12 @@ A key written as ``null`` is an error (it would be ambiguous between "not set" a
 (``cpu:``, ``memory:``…) or group written as ``null`` is the same as an empty one. Which keys a user set
 is kept in ``given``, so "not named" stays distinct from "named as max".
 
-Why not pydantic: this walk gives the same messages and positions, and importing pydantic costs ~50 ms at
-every ``cgctl apply`` start (bench/RESULTS.md), a sixth of a 1000-group apply's budget.
+Why not pydantic: this walk gives the same messages and positions, and importing pydantic cost ~50 ms at
+every ``cgctl apply`` start (bench/RESULTS.md), a tenth of a whole 1000-group apply.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
@@ -137,6 +136,8 @@ class Section:
 
     @classmethod
     def unknown_key(cls, key: str, value: object) -> str:
+        import difflib  # only ever needed for a bad policy
+
         allowed = list(cls.FIELDS)
         close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         if close:
