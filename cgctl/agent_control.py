@@ -35,7 +35,7 @@ async def handle_request(agent: Agent, request: dict[str, Any]) -> dict[str, Any
 
 
 async def _apply(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
-    from .engine import prepare, run_apply
+    from .engine import failure_report, prepare, run_apply
     from .plan import summarize
 
     reconciler = agent.reconciler
@@ -70,13 +70,9 @@ async def _apply(agent: Agent, request: dict[str, Any]) -> dict[str, Any]:
     if result.ok:
         lines.append(f"applied through the agent: {summarize(result.done)}")
         return _reply(0, "\n".join(lines) + "\n", warnings)
-    status = (
-        "rolled back completely"
-        if result.rollback_complete
-        else "ROLLBACK INCOMPLETE: " + "; ".join(result.rollback_errors)
-    )
-    failed = result.failed.describe() if result.failed else "?"
-    return _reply(1, "\n".join(lines) + "\n", f"apply failed at '{failed}': {result.error}; {status}")
+    headline, details = failure_report(result, reconciler.driver)
+    report = [f"cgctl: {headline}", *(f"  {line}" for line in details)]  # as the CLI prints it
+    return _reply(1, "\n".join(lines) + "\n", "\n".join([warnings, *report] if warnings else report))
 
 
 async def _freeze(agent: Agent, request: dict[str, Any], *, freeze: bool) -> dict[str, Any]:

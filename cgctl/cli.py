@@ -171,7 +171,7 @@ async def _cmd_apply(args: argparse.Namespace) -> int:
     if routed is not None:
         return routed
 
-    from .engine import prepare, run_apply
+    from .engine import failure_report, prepare, run_apply
     from .lock import writer_lock
     from .plan import summarize
 
@@ -206,22 +206,8 @@ async def _cmd_apply(args: argparse.Namespace) -> int:
         if args.output != "json":
             print(f"applied: {summarize(result.done)} in {result.seconds * 1000:.0f} ms")
         return EXIT_OK
-    assert result.failed is not None and result.error is not None
-    error = result.error
-    details = [f"step: {result.failed.describe(driver)}"]
-    if error.target:
-        details.append(f"file: {error.target}")
-    if error.value is not None:
-        details.append(f"value: {error.value}")
-    if error.cause:
-        details.append(f"kernel said: {error.cause}")
-    if result.rollback_complete:
-        done = len(result.rolled_back)
-        details.append(f"rolled back {done} finished step(s): the tree is as it was before")
-    else:
-        details.append("ROLLBACK INCOMPLETE — these undo steps failed, the tree is partly changed:")
-        details.extend(f"  {e}" for e in result.rollback_errors)
-    _err(f"apply failed: {error.message}", *details)
+    headline, details = failure_report(result, driver)
+    _err(headline, *details)
     return EXIT_FAILED
 
 

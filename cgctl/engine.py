@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from drivers.api import Capabilities, Driver, GroupPath, ObservedGroup, SettingKey, split_key
 
 from .apply import DEFAULT_FREEZE_TIMEOUT, ApplyResult, execute
-from .plan import Op, Plan, PlanInput, keys_to_observe, make_plan
+from .plan import Describer, Op, Plan, PlanInput, keys_to_observe, make_plan
 from .policy import Policy
 from .state import State
 
@@ -99,3 +99,24 @@ async def run_apply(
         state.record_created(result.created)
         state.save()
     return result
+
+
+def failure_report(result: ApplyResult, driver: Describer) -> tuple[str, list[str]]:
+    """What a failed apply says, the same from the CLI and through the agent: the headline, then the
+    step, the file, the value, the kernel's words, and whether the rollback put the tree back."""
+    assert result.failed is not None and result.error is not None
+    error = result.error
+    details = [f"step: {result.failed.describe(driver)}"]
+    if error.target:
+        details.append(f"file: {error.target}")
+    if error.value is not None:
+        details.append(f"value: {error.value}")
+    if error.cause:
+        details.append(f"kernel said: {error.cause}")
+    if result.rollback_complete:
+        done = len(result.rolled_back)
+        details.append(f"rolled back {done} finished step(s): the tree is as it was before")
+    else:
+        details.append("ROLLBACK INCOMPLETE — these undo steps failed, the tree is partly changed:")
+        details.extend(f"  {e}" for e in result.rollback_errors)
+    return f"apply failed: {error.message}", details
