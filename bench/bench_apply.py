@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests import kernel  # noqa: E402
+from tests.procs import SHELL_SPIN  # noqa: E402
 
 LIMITS_V2 = {"cpu.weight": "200", "cpu.max": "50000 100000", "memory.max": str(64 << 20), "pids.max": "50"}
 LIMITS_V1 = {
@@ -197,7 +198,7 @@ def freeze_latency(env: dict[str, str], tmp: Path, rounds: int = 15) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         cgctl(env, "apply", str(policy))
-        procs = [kernel.busy_loop() for _ in range(100)]
+        procs = [subprocess.Popen(list(SHELL_SPIN)) for _ in range(100)]
         cgctl(env, "move", "busy", *[str(p.pid) for p in procs], "--root", root, "--driver", "cgroupfs")
         freezes, thaws = [], []
         for _ in range(rounds):

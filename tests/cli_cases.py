@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import kernel
+from tests import kernel, procs
 from tests.cgctl_cli import run_cgctl
 
 
@@ -180,16 +180,16 @@ def test_hostile_group_argument_is_refused(env: Env) -> None:
 
 def test_freeze_stops_all_work_until_thaw(env: Env) -> None:
     env.cgctl("apply", str(env.policy(BASIC)))
-    loop = env.spawn("/bin/sh", "-c", "while :; do :; done")
+    loop = env.spawn(*procs.SHELL_SPIN)
     target = ("--root", env.root, "--driver", "cgroupfs")
     env.cgctl("move", "web/worker", str(loop.pid), *target)
     env.cgctl("freeze", "web", *target)  # the ancestor's freeze must reach web/worker
-    t0 = kernel.cpu_ticks(loop.pid)
+    t0 = procs.cpu_ticks(loop.pid)
     time.sleep(0.6)
-    assert kernel.cpu_ticks(loop.pid) == t0, "a frozen process kept running"
+    assert procs.cpu_ticks(loop.pid) == t0, "a frozen process kept running"
     env.cgctl("thaw", "web", *target)
     time.sleep(0.6)
-    assert kernel.cpu_ticks(loop.pid) > t0, "a thawed process did not resume"
+    assert procs.cpu_ticks(loop.pid) > t0, "a thawed process did not resume"
 
 
 def test_a_parent_cpuset_narrowed_with_its_children_applies(env: Env) -> None:
@@ -211,18 +211,18 @@ def test_a_parent_cpuset_narrowed_with_its_children_applies(env: Env) -> None:
 def test_frozen_in_the_policy_freezes_stays_in_sync_and_false_thaws(env: Env) -> None:
     frozen = env.policy("\ngroups:\n  web:\n    pids: {max: 50}\n    frozen: true\n  batch: {}\n")
     env.cgctl("apply", str(frozen))
-    loop = env.spawn("/bin/sh", "-c", "while :; do :; done")
+    loop = env.spawn(*procs.SHELL_SPIN)
     env.cgctl("move", "web", str(loop.pid), "--root", env.root, "--driver", "cgroupfs")
-    t0 = kernel.cpu_ticks(loop.pid)
+    t0 = procs.cpu_ticks(loop.pid)
     time.sleep(0.6)
-    assert kernel.cpu_ticks(loop.pid) == t0, "a process moved into a frozen group ran"
+    assert procs.cpu_ticks(loop.pid) == t0, "a process moved into a frozen group ran"
     assert env.cgctl("diff", str(frozen)).returncode == 0  # frozen and populated: in sync
     thawed = env.policy("\ngroups:\n  web:\n    pids: {max: 50}\n    frozen: false\n  batch: {}\n")
     proc = env.cgctl("diff", str(thawed), check=1)
     assert "thaw" in proc.stdout
     env.cgctl("apply", str(thawed))
     time.sleep(0.6)
-    assert kernel.cpu_ticks(loop.pid) > t0, "frozen: false did not thaw the group"
+    assert procs.cpu_ticks(loop.pid) > t0, "frozen: false did not thaw the group"
     assert env.cgctl("diff", str(thawed)).returncode == 0
 
 

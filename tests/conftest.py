@@ -7,7 +7,7 @@ skipped with the reason, so ``pytest`` alone works anywhere:
 - ``cgroupv2``: root and a pure cgroup2 mount on /sys/fs/cgroup with controllers (here: ``tests/vm/run``);
 - ``systemd``: root, systemd as PID 1 and a system bus that answers (here: ``tests/vm/run --systemd``).
 
-Fixtures: ``unique_name`` (``cgctl-test-<hex>``), ``children`` (processes killed at teardown),
+Fixtures: ``unique_name`` (``cgctl-test-<hex>``), ``children`` (processes killed at teardown: tests/procs.py),
 ``v2_cgroup_root`` (a fresh v2 group with controllers enabled for its children) and ``v1_cgroup`` (fresh
 groups in the v1 hierarchies). Every group they create is killed empty and removed at teardown, also
 when the test fails. They know nothing of cgctl.
@@ -25,14 +25,15 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import kernel
+from tests.procs import Children
 
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
 TEST_PREFIX = "cgctl-test-"
@@ -170,53 +171,6 @@ def unique_name() -> str:
     return f"{TEST_PREFIX}{secrets.token_hex(4)}"
 
 
-def _join_cgroups(cgroups: Sequence[Path]) -> Callable[[], None]:
-    """A preexec function moving the child into each group before it execs (so all its forks are in)."""
-    targets = [str(cgroup / "cgroup.procs") for cgroup in cgroups]
-
-    def join() -> None:
-        for target in targets:
-            with open(target, "w") as handle:
-                handle.write("0")
-
-    return join
-
-
-class Children:
-    """Processes a test starts; each is killed (and reaped) at teardown, whatever the outcome."""
-
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, argv: Sequence[str], *, cgroups: Sequence[Path] = (), **popen: Any
-    ) -> subprocess.Popen[bytes]:
-        """Start ``argv``, already inside ``cgroups`` (v2: one group; v1: one per hierarchy)."""
-        process: subprocess.Popen[bytes] = subprocess.Popen(
-            list(argv), preexec_fn=_join_cgroups(cgroups) if cgroups else None, **popen
-        )
-        self.processes.append(process)
-        return process
-
-    def busy_loop(self, *, cgroups: Sequence[Path] = ()) -> subprocess.Popen[bytes]:
-        """A shell spinning on the CPU forever (a shell, not Python: it starts at once even under TCG)."""
-        return self.start(["/bin/sh", "-c", "while :; do :; done"], cgroups=cgroups)
-
-    def sleeper(self, *, cgroups: Sequence[Path] = ()) -> subprocess.Popen[bytes]:
-        return self.start(["sleep", "3600"], cgroups=cgroups)
-
-    def kill_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                _thaw_own_v1_freezer(process.pid)  # a v1-frozen task does not die until thawed
-                process.kill()
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                print(f"conftest: child {process.pid} did not exit after SIGKILL", file=sys.stderr)
-
-
 def _thaw_own_v1_freezer(pid: int) -> None:
     """Thaw the v1 freezer group of ``pid`` if it is one of the tests' own (``cgctl-test-*``) groups."""
     freezer = v1_hierarchies().get("freezer")
@@ -235,38 +189,11 @@ def _thaw_own_v1_freezer(pid: int) -> None:
 
 @pytest.fixture
 def children() -> Iterator[Children]:
-    started = Children()
+    started = Children(before_kill=_thaw_own_v1_freezer)  # a v1-frozen task does not die until thawed
     try:
         yield started
     finally:
         started.kill_all()
-
-
-def _read_keyed(path: Path) -> dict[str, str]:
-    return dict(line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())
-
-
-def _remove_v2_tree(root: Path) -> None:
-    """Kill everything in ``root`` (a group this session created) and remove it, deepest groups first."""
-    if not root.exists():
-        return
-    if (root / "cgroup.freeze").exists():
-        (root / "cgroup.freeze").write_text("0")
-    if (root / "cgroup.kill").exists():
-        (root / "cgroup.kill").write_text("1")
-    else:  # kernels before 5.14: signal each member ourselves
-        for group in [root, *root.rglob("*")]:
-            if (group / "cgroup.procs").exists():
-                for pid in (group / "cgroup.procs").read_text().split():
-                    os.kill(int(pid), signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while _read_keyed(root / "cgroup.events").get("populated") != "0":
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{root} still populated 30 s after cgroup.kill")
-        time.sleep(0.02)
-    for group in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        group.rmdir()
-    root.rmdir()
 
 
 def v2_cgroup_base() -> Path:
@@ -298,15 +225,21 @@ def v2_cgroup_root(unique_name: str) -> Iterator[Path]:
         (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
         yield root
     finally:
-        _remove_v2_tree(root)
+        kernel.kill_and_remove_v2_tree(root)
 
 
 def _remove_v1_group(group: Path) -> None:
-    if (group / "freezer.state").exists():
-        (group / "freezer.state").write_text("THAWED")
+    """Kill everything in ``group`` and the groups a test made below it, then remove them, deepest first."""
+    tree = [
+        *sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True),
+        group,
+    ]
+    for member in tree:
+        if (member / "freezer.state").exists():
+            (member / "freezer.state").write_text("THAWED")
     deadline = time.monotonic() + 30
     while True:
-        pids = [int(pid) for pid in (group / "cgroup.procs").read_text().split()]
+        pids = [int(pid) for member in tree for pid in (member / "cgroup.procs").read_text().split()]
         if not pids:
             break
         if time.monotonic() > deadline:
@@ -315,11 +248,8 @@ def _remove_v1_group(group: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.02)
-    for child in sorted(
-        (p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-    ):
-        child.rmdir()
-    group.rmdir()
+    for member in tree:
+        member.rmdir()
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
+from pathlib import Path
 
 MOUNT = "/sys/fs/cgroup"
 V1_HIERARCHIES = ("cpu", "cpuacct", "cpuset", "memory", "blkio", "pids", "freezer")
@@ -26,7 +25,7 @@ def v1_dir(hierarchy: str, root: str, *group: str) -> str:
     return os.path.join(MOUNT, hierarchy, root, *group)
 
 
-def read(path: str) -> str:
+def read(path: str | os.PathLike[str]) -> str:
     with open(path) as f:
         return f.read().strip()
 
@@ -87,22 +86,43 @@ def remove_tree(root: str, own_pids: set[int] | None = None) -> None:
                     time.sleep(0.05)
 
 
-def busy_loop() -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"])
+def kill_and_remove_v2_tree(top: str | os.PathLike[str]) -> None:
+    """Kill everything in ``top``, a v2 group the test created (so every process there is the test's own),
+    and remove it, deepest groups first. Nothing to do when it is not there."""
+    root = Path(top)
+    if not root.exists():
+        return
+    if (root / "cgroup.freeze").exists():
+        (root / "cgroup.freeze").write_text("0")
+    if (root / "cgroup.kill").exists():
+        (root / "cgroup.kill").write_text("1")
+    else:  # kernels before 5.14: signal each member ourselves
+        for pid in procs_under(str(root)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while read_keyed(root / "cgroup.events").get("populated") != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{root} still populated 30 s after cgroup.kill")
+        time.sleep(0.02)
+    for group in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        group.rmdir()
+    root.rmdir()
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15)."""
-    fields = read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+def keyed(text: str) -> dict[str, int]:
+    """A flat keyed file's text (``cpu.stat``, ``memory.stat``, ``*.events``, ``memory.oom_control``):
+    one ``key value`` pair a line."""
+    return {
+        key: int(value) for key, value in (line.split()[:2] for line in text.splitlines() if line.strip())
+    }
 
 
-@contextlib.contextmanager
-def started(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(list(argv))
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
+def read_keyed(path: str | os.PathLike[str]) -> dict[str, int]:
+    return keyed(read(path))
+
+
+def between(value: float | None, first: float, second: float) -> bool:
+    """Whether a value read once lies between two readings of the same growing kernel figure, taken just
+    before and just after it."""
+    return value is not None and min(first, second) <= value <= max(first, second)

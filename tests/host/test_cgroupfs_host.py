@@ -16,7 +16,6 @@ import secrets
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,18 @@ from drivers.api import (
 from drivers.cgroupfs import CgroupfsDriver, mountinfo
 from drivers.cgroupfs.ops_v1 import V1Ops
 from drivers.cgroupfs.ops_v2 import V2Ops
+from tests.kernel import keyed
+from tests.procs import (
+    ALLOCATE_200M,
+    FORK_UNTIL_REFUSED,
+    IDLE,
+    SPIN,
+    Children,
+    after_go,
+    cpu_ticks,
+    go,
+    go_until_ready,
+)
 
 pytestmark = pytest.mark.host
 
@@ -56,52 +67,31 @@ def mount_of(controller: str) -> str:
     return LAYOUT.by_controller[controller].mountpoint
 
 
-class Children:
-    """Processes this module started; only these are ever moved or killed."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, code: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,  # its own process group: we can signal it and its forks only
-        )
-        self.procs.append(proc)
-        return proc
-
-    def kill_all(self, root: str) -> None:
-        """Thaw our groups (a v1-frozen task cannot act on SIGKILL), then kill every process in our
-        managed root (all of them are ours: only our children were moved in) and our live children."""
-        pids: set[int] = set()
-        for kind, top in our_tops(root):
-            for directory in [top, *(p for p in top.rglob("*") if p.is_dir())]:
-                with contextlib.suppress(OSError):
-                    if kind == "freezer" and directory != top:
-                        (directory / "freezer.state").write_text("THAWED")
-                    elif kind == "unified":
-                        (directory / "cgroup.freeze").write_text("0")
-                with contextlib.suppress(OSError):
-                    pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for proc in self.procs:
-            if proc.poll() is None:  # still our unreaped child: its pid (and process group) is ours
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                proc.wait(timeout=10)
-
-
 def our_tops(root: str) -> list[tuple[str, Path]]:
     """Our managed root's directory in each v1 hierarchy and in the hybrid's unified mount."""
     tops = [(c, Path(mount_of(c)) / root) for c in HIERARCHIES if c in LAYOUT.by_controller]
     if LAYOUT.unified:
         tops.append(("unified", Path(LAYOUT.unified) / root))
     return [(kind, top) for kind, top in tops if top.is_dir()]
+
+
+def kill_everything_in(root: str) -> None:
+    """Thaw our groups (a v1-frozen task cannot act on SIGKILL), then kill every process in our managed
+    root: all of them are ours (only the tests' children were moved in, and the processes they forked).
+    The ``children`` fixture has already killed and reaped each test's own children by now."""
+    pids: set[int] = set()
+    for kind, top in our_tops(root):
+        for directory in [top, *(p for p in top.rglob("*") if p.is_dir())]:
+            with contextlib.suppress(OSError):
+                if kind == "freezer" and directory != top:
+                    (directory / "freezer.state").write_text("THAWED")
+                elif kind == "unified":
+                    (directory / "cgroup.freeze").write_text("0")
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def remove_tree(root: str) -> None:
@@ -125,22 +115,15 @@ def remove_tree(root: str) -> None:
 def root_name() -> Iterator[str]:
     name = f"cgctl-test-{secrets.token_hex(4)}"
     yield name
+    kill_everything_in(name)
     remove_tree(name)
 
 
 @pytest.fixture(scope="module")
-def children(root_name: str) -> Iterator[Children]:
-    kids = Children()
-    yield kids
-    kids.kill_all(root_name)
-
-
-@pytest.fixture(scope="module")
-def driver(root_name: str, children: Children) -> Iterator[CgroupfsDriver]:
+def driver(root_name: str) -> Iterator[CgroupfsDriver]:
     drv = CgroupfsDriver(DriverOptions(root=root_name))
     drv.ops.create(())
     yield drv
-    children.kill_all(root_name)  # before the root's removal (this fixture is torn down first)
     asyncio.run(drv.close())
 
 
@@ -148,12 +131,12 @@ def kernel(root: str, controller: str, group: str, file: str) -> str:
     return (Path(mount_of(controller)) / root / group / file).read_text().strip()
 
 
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15 of stat)
-
-
-BUSY = "import sys; sys.stdin.readline()\nwhile True: pass"
+# 100 forks spinning on the CPU, after the go line; "ready" once they all run.
+CROWD = after_go(
+    "import os, time\n"
+    "for _ in range(100):\n    if os.fork() == 0:\n        while True: pass\n"
+    "print('ready', flush=True); time.sleep(60)\n"
+)
 
 
 async def test_probe_describes_this_hybrid_host(driver: CgroupfsDriver) -> None:
@@ -297,38 +280,28 @@ async def test_busy_loop_is_throttled_under_cpu_max(
 ) -> None:
     await driver.create(("throttled",))
     await driver.set(("throttled",), "cpu.max", CpuMax(20_000, 100_000))
-    proc = children.start(BUSY)
+    proc = children.python(SPIN)
     await driver.move(("throttled",), [proc.pid])
     assert str(proc.pid) in kernel(root_name, "cpu", "throttled", "cgroup.procs").split()
     assert (await driver.observe([("throttled",)], {}))[("throttled",)].populated
-    assert proc.stdin is not None
-    proc.stdin.write(b"go\n")
-    proc.stdin.flush()
+    go(proc)
     start = cpu_ticks(proc.pid)
     await asyncio.sleep(1.0)
     used = (cpu_ticks(proc.pid) - start) / os.sysconf("SC_CLK_TCK")
-    stat = dict(line.split() for line in kernel(root_name, "cpu", "throttled", "cpu.stat").splitlines())
+    stat = keyed(kernel(root_name, "cpu", "throttled", "cpu.stat"))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert int(stat["nr_throttled"]) >= 5
+    assert stat["nr_throttled"] >= 5
     assert used < 0.45  # 20% of one CPU over ~1 s (plus tick granularity), not a whole CPU
 
 
 async def test_fork_is_refused_at_pids_max(driver: CgroupfsDriver, children: Children) -> None:
     await driver.create(("forks",))
     await driver.set(("forks",), "pids.max", 5)
-    code = (
-        "import os, sys, time\nsys.stdin.readline()\nmade = 0\n"
-        "for _ in range(10):\n"
-        "    try:\n        pid = os.fork()\n    except BlockingIOError:\n        break\n"
-        "    if pid == 0:\n        time.sleep(30); os._exit(0)\n    made += 1\n"
-        "print(made, flush=True)\ntime.sleep(30)\n"
-    )
-    proc = children.start(code)
+    proc = children.python(after_go(FORK_UNTIL_REFUSED))
     await driver.move(("forks",), [proc.pid])
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(b"go\n")
-    proc.stdin.flush()
+    go(proc)
+    assert proc.stdout is not None
     made = int(await asyncio.to_thread(proc.stdout.readline))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -343,17 +316,14 @@ async def test_allocation_is_oom_killed_at_memory_max(
     caps = await driver.probe()
     if Knob.MEMORY_SWAP_MAX not in caps.unsupported:
         await driver.set(("oom",), "memory.swap.max", 0)  # no escape into swap
-    proc = children.start("import sys; sys.stdin.readline(); b = bytearray(200 * 2**20); print('survived')")
+    proc = children.python(after_go(ALLOCATE_200M))
     await driver.move(("oom",), [proc.pid])
-    assert proc.stdin is not None
-    proc.stdin.write(b"go\n")
-    proc.stdin.flush()
+    go(proc)
     code = await asyncio.to_thread(proc.wait, 30)
     assert code == -signal.SIGKILL
     # usage reached the limit and the memcg OOM killer fired (failcnt stays 0 on some kernels: 6.18 here)
     assert int(kernel(root_name, "memory", "oom", "memory.max_usage_in_bytes")) == 32 * MIB
-    oom = dict(line.split() for line in kernel(root_name, "memory", "oom", "memory.oom_control").splitlines())
-    assert int(oom["oom_kill"]) >= 1
+    assert keyed(kernel(root_name, "memory", "oom", "memory.oom_control"))["oom_kill"] >= 1
 
 
 async def test_lowering_memory_max_below_usage_fails_with_ebusy_and_the_usage(
@@ -364,15 +334,14 @@ async def test_lowering_memory_max_below_usage_fails_with_ebusy_and_the_usage(
     caps = await driver.probe()
     if Knob.MEMORY_SWAP_MAX not in caps.unsupported:
         await driver.set(("busy-mem",), "memory.swap.max", 0)
-    proc = children.start(
-        "import sys; sys.stdin.readline(); b = bytearray(64 * 2**20)\n"
-        "for i in range(0, len(b), 4096): b[i] = 1\nprint('ready', flush=True); sys.stdin.readline()"
+    proc = children.python(
+        after_go(
+            "b = bytearray(64 * 2**20)\n"
+            "for i in range(0, len(b), 4096): b[i] = 1\nprint('ready', flush=True); sys.stdin.readline()"
+        )
     )
     await driver.move(("busy-mem",), [proc.pid])
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(b"go\n")
-    proc.stdin.flush()
-    assert (await asyncio.to_thread(proc.stdout.readline)).strip() == b"ready"
+    await asyncio.to_thread(go_until_ready, proc)
     with pytest.raises(DriverError) as info:
         await driver.set(("busy-mem",), "memory.max", 16 * MIB)
     assert info.value.errno == errno.EBUSY and "current usage" in str(info.value)
@@ -385,11 +354,9 @@ async def test_lowering_memory_max_below_usage_fails_with_ebusy_and_the_usage(
 
 async def test_frozen_process_does_no_work_until_thawed(driver: CgroupfsDriver, children: Children) -> None:
     await driver.create(("ice",))
-    proc = children.start(BUSY)
+    proc = children.python(SPIN)
     await driver.move(("ice",), [proc.pid])
-    assert proc.stdin is not None
-    proc.stdin.write(b"go\n")
-    proc.stdin.flush()
+    go(proc)
     await asyncio.sleep(0.1)
     await driver.freeze(("ice",), timeout=5)
     seen = (await driver.observe([("ice",)], {}))[("ice",)]
@@ -417,16 +384,9 @@ async def test_freeze_confirmation_time_with_100_busy_processes(
 ) -> None:
     """Measures write → kernel-confirmed FROZEN (sleep-poll, v1); reported in the test output."""
     await driver.create(("crowd",))
-    spawner = children.start(
-        "import os, sys, time\nsys.stdin.readline()\n"
-        "for _ in range(100):\n    if os.fork() == 0:\n        while True: pass\n"
-        "print('up', flush=True); time.sleep(60)\n"
-    )
+    spawner = children.python(CROWD)
     await driver.move(("crowd",), [spawner.pid])
-    assert spawner.stdin is not None and spawner.stdout is not None
-    spawner.stdin.write(b"go\n")
-    spawner.stdin.flush()
-    await asyncio.to_thread(spawner.stdout.readline)
+    await asyncio.to_thread(go_until_ready, spawner)
     await asyncio.sleep(0.2)
     freezes: list[float] = []
     for _ in range(9):
@@ -458,16 +418,9 @@ async def test_v2_freeze_confirmation_on_the_unified_mount_with_100_busy_process
     try:
         ops.create(())
         ops.create(("crowd",))
-        spawner = children.start(
-            "import os, sys, time\nsys.stdin.readline()\n"
-            "for _ in range(100):\n    if os.fork() == 0:\n        while True: pass\n"
-            "print('up', flush=True); time.sleep(60)\n"
-        )
+        spawner = children.python(CROWD)
         ops.move(("crowd",), [spawner.pid])
-        assert spawner.stdin is not None and spawner.stdout is not None
-        spawner.stdin.write(b"go\n")
-        spawner.stdin.flush()
-        await asyncio.to_thread(spawner.stdout.readline)
+        await asyncio.to_thread(go_until_ready, spawner)
         await asyncio.sleep(0.2)
         freezes = []
         for _ in range(9):
@@ -491,7 +444,7 @@ async def test_remove_refuses_a_populated_group_and_leaves_it_whole(
     driver: CgroupfsDriver, children: Children, root_name: str
 ) -> None:
     await driver.create(("occupied",))
-    proc = children.start("import sys; sys.stdin.readline()")
+    proc = children.python(IDLE)
     await driver.move(("occupied",), [proc.pid])
     with pytest.raises(GroupBusyError, match="holds processes"):
         await driver.remove(("occupied",))
@@ -519,7 +472,7 @@ async def test_move_names_a_missing_pid_and_refuses_an_empty_cpuset(
         await driver.move(("mover",), [gone.pid])
     assert info.value.errno == errno.ESRCH
     (Path(mount_of("cpuset")) / root_name / "mover" / "cpuset.cpus").write_text("\n")
-    proc = children.start("import sys; sys.stdin.readline()")
+    proc = children.python(IDLE)
     with pytest.raises(DriverError, match=r"cpuset\.cpus is empty"):
         await driver.move(("mover",), [proc.pid])
     assert str(proc.pid) not in kernel(root_name, "cpu", "mover", "cgroup.procs").split()

@@ -1,7 +1,7 @@
 """usage.read_v1 against the host's real v1 hierarchies: values equal the kernel's files read in the test.
 
-Creates its own ``cgctl-test-<hex>`` groups, moves only the busy-work process it started, and removes
-everything in a finalizer (also when an assertion fails).
+Creates its own ``cgctl-test-<hex>`` groups (the ``v1_cgroup`` fixture), starts the busy-work process in
+them (the ``children`` fixture), and both fixtures remove what they made, also when an assertion fails.
 """
 
 from __future__ import annotations
@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import secrets
 import shutil
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,26 +22,20 @@ from drivers.api import CpuMax
 from drivers.cgroupfs import usage as u
 from exporters.collector import AgentMetrics, Snapshot
 from exporters.server import MetricsServer, SnapshotCache
+from tests.kernel import between, keyed
+from tests.procs import Children, go_until_ready, settled_usage, wait_until
 
 pytestmark = pytest.mark.host
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "freezer", "blkio")
 
 # Spins for 0.4 s of CPU, touches 24 MiB, writes and fsyncs a file, then waits (so values are stable).
-BUSY = """
-import os, sys, tempfile, time
-sys.stdin.readline()
-end = time.process_time() + 0.4
-while time.process_time() < end:
-    pass
-block = bytearray(24 << 20)
-for i in range(0, len(block), 4096):
-    block[i] = 1
+WRITE_AND_FSYNC_1M = """
+import os, tempfile
 with tempfile.TemporaryFile() as f:
     f.write(os.urandom(1 << 20)); f.flush(); os.fsync(f.fileno())
-print("ready", flush=True)
-sys.stdin.readline()
 """
+BUSY = settled_usage(0.4, 24, io=WRITE_AND_FSYNC_1M)
 
 
 @dataclass
@@ -66,58 +58,31 @@ class Groups:
 
 
 @pytest.fixture
-def groups() -> Iterator[Groups]:
+def groups(v1_cgroup: Callable[[str], Path]) -> Groups:
+    """``/cgctl-test-<hex>`` with ``busy`` and ``idle`` below it, in each of the CONTROLLERS' hierarchies
+    (v1_cgroup removes all of them at teardown, after killing what is left in them)."""
     hierarchies = u.v1_hierarchies()
-    if os.geteuid() != 0 or any(ctrl not in hierarchies for ctrl in CONTROLLERS):
-        pytest.skip("needs root and v1 hierarchies for " + ", ".join(CONTROLLERS))
-    root = f"/cgctl-test-{secrets.token_hex(4)}"
+    if any(ctrl not in hierarchies for ctrl in CONTROLLERS):
+        pytest.skip("needs v1 hierarchies for " + ", ".join(CONTROLLERS))
+    tops = {ctrl: v1_cgroup(ctrl) for ctrl in CONTROLLERS}
+    root = "/" + tops["cpu"].name
     g = Groups({c: hierarchies[c] for c in CONTROLLERS}, root, root + "/busy", root + "/idle")
-    created: list[str] = []
-    try:
-        for ctrl in CONTROLLERS:
-            for cgroup in (g.root, g.busy, g.idle):
-                os.mkdir(g.hierarchies[ctrl] + cgroup)
-                created.append(g.hierarchies[ctrl] + cgroup)
-        yield g
-    finally:
-        for directory in reversed(created):
-            for _ in range(50):  # a just-killed task can keep the group busy for a moment
-                try:
-                    os.rmdir(directory)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+    for ctrl, top in tops.items():
+        assert str(top) == hierarchies[ctrl] + root, "cgctl and the tests see different v1 mounts"
+    for directory in {hierarchies[c] + cgroup for c in CONTROLLERS for cgroup in (g.busy, g.idle)}:
+        os.mkdir(directory)  # once per mount: controllers can share one (cpu,cpuacct)
+    return g
 
 
 @pytest.fixture
-def busy_process(groups: Groups) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BUSY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        for ctrl in CONTROLLERS:
-            groups.write(ctrl, groups.busy, "cgroup.procs", str(proc.pid))
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "ready"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+def busy_process(groups: Groups, children: Children) -> subprocess.Popen[bytes]:
+    """BUSY, started in ``busy`` in every hierarchy, once it has done its work."""
+    proc = children.python(BUSY, cgroups=[Path(groups.hierarchies[c] + groups.busy) for c in CONTROLLERS])
+    go_until_ready(proc)
+    return proc
 
 
-def _keyed(text: str) -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split() for line in text.splitlines() if line.strip())}
-
-
-def _between(value: float | None, first: float, second: float) -> bool:
-    return value is not None and min(first, second) <= value <= max(first, second)
-
-
-def test_v1_usage_equals_the_kernel_files(groups: Groups, busy_process: subprocess.Popen[str]) -> None:
+def test_v1_usage_equals_the_kernel_files(groups: Groups, busy_process: subprocess.Popen[bytes]) -> None:
     g = groups
     g.write("cpu", g.busy, "cpu.cfs_quota_us", "20000")  # after the busy loop: limits only
     g.write("memory", g.busy, "memory.limit_in_bytes", str(256 << 20))
@@ -125,9 +90,9 @@ def test_v1_usage_equals_the_kernel_files(groups: Groups, busy_process: subproce
     tck = os.sysconf("SC_CLK_TCK")
 
     def kernel() -> dict[str, float]:
-        acct = _keyed(g.read("cpuacct", g.busy, "cpuacct.stat"))
-        cpu = _keyed(g.read("cpu", g.busy, "cpu.stat"))
-        stat = _keyed(g.read("memory", g.busy, "memory.stat"))
+        acct = keyed(g.read("cpuacct", g.busy, "cpuacct.stat"))
+        cpu = keyed(g.read("cpu", g.busy, "cpu.stat"))
+        stat = keyed(g.read("memory", g.busy, "memory.stat"))
         return {
             "cpu": int(g.read("cpuacct", g.busy, "cpuacct.usage")) / 1e9,
             "user": acct["user"] / tck,
@@ -139,7 +104,7 @@ def test_v1_usage_equals_the_kernel_files(groups: Groups, busy_process: subproce
             "inactive_file": stat["total_inactive_file"],
             "peak": int(g.read("memory", g.busy, "memory.max_usage_in_bytes")),
             "failcnt": int(g.read("memory", g.busy, "memory.failcnt")),
-            "oom_kill": _keyed(g.read("memory", g.busy, "memory.oom_control"))["oom_kill"],
+            "oom_kill": keyed(g.read("memory", g.busy, "memory.oom_control"))["oom_kill"],
             "pids": int(g.read("pids", g.busy, "pids.current")),
         }
 
@@ -150,19 +115,19 @@ def test_v1_usage_equals_the_kernel_files(groups: Groups, busy_process: subproce
     assert sorted(result) == [g.busy, g.idle]
     busy = result[g.busy]
     assert busy.cgroup == g.busy
-    assert _between(busy.cpu_usage_seconds, before["cpu"], after["cpu"])
+    assert between(busy.cpu_usage_seconds, before["cpu"], after["cpu"])
     assert busy.cpu_usage_seconds is not None and busy.cpu_usage_seconds >= 0.3  # ns → s, not ns
-    assert _between(busy.cpu_user_seconds, before["user"], after["user"])
-    assert _between(busy.cpu_system_seconds, before["system"], after["system"])
-    assert _between(busy.cpu_periods, before["periods"], after["periods"])
-    assert _between(busy.cpu_throttled_seconds, before["throttled_s"], after["throttled_s"])
-    assert _between(busy.memory_usage_bytes, before["mem"], after["mem"])
+    assert between(busy.cpu_user_seconds, before["user"], after["user"])
+    assert between(busy.cpu_system_seconds, before["system"], after["system"])
+    assert between(busy.cpu_periods, before["periods"], after["periods"])
+    assert between(busy.cpu_throttled_seconds, before["throttled_s"], after["throttled_s"])
+    assert between(busy.memory_usage_bytes, before["mem"], after["mem"])
     assert busy.memory_usage_bytes is not None and busy.memory_usage_bytes >= 24 << 20
-    assert _between(busy.memory_stat_bytes["anon"], before["anon"], after["anon"])
+    assert between(busy.memory_stat_bytes["anon"], before["anon"], after["anon"])
     inactive = busy.memory_stat_bytes["inactive_file"]
-    assert _between(inactive, before["inactive_file"], after["inactive_file"])
+    assert between(inactive, before["inactive_file"], after["inactive_file"])
     assert busy.memory_working_set_bytes == max(busy.memory_usage_bytes - inactive, 0)
-    assert _between(busy.memory_peak_bytes, before["peak"], after["peak"])
+    assert between(busy.memory_peak_bytes, before["peak"], after["peak"])
     assert busy.memory_events == {"max": int(after["failcnt"]), "oom_kill": int(after["oom_kill"])}
     assert busy.pids_current == after["pids"] == 1
     assert busy.pids_max == 50.0
@@ -180,14 +145,16 @@ def test_v1_usage_equals_the_kernel_files(groups: Groups, busy_process: subproce
     assert idle.memory_peak_bytes == int(g.read("memory", g.idle, "memory.max_usage_in_bytes"))
 
 
-def test_v1_frozen_follows_freezer_state(groups: Groups, busy_process: subprocess.Popen[str]) -> None:
+def test_v1_frozen_follows_freezer_state(groups: Groups, busy_process: subprocess.Popen[bytes]) -> None:
     g = groups
     g.write("freezer", g.busy, "freezer.state", "FROZEN")
     try:
-        deadline = time.monotonic() + 5
-        while g.read("freezer", g.busy, "freezer.state").strip() != "FROZEN":
-            assert time.monotonic() < deadline, "kernel did not confirm the freeze"
-            time.sleep(0.01)
+        wait_until(
+            lambda: g.read("freezer", g.busy, "freezer.state").strip() == "FROZEN",
+            5,
+            "kernel did not confirm the freeze",
+            interval=0.01,
+        )
         assert u.read_v1(g.hierarchies, [g.busy])[g.busy].frozen is True
     finally:
         g.write("freezer", g.busy, "freezer.state", "THAWED")
@@ -212,7 +179,7 @@ def test_discover_finds_the_test_groups_read_only(groups: Groups) -> None:
 
 
 def test_v1_scrape_over_http_reports_the_kernel_values(
-    groups: Groups, busy_process: subprocess.Popen[str]
+    groups: Groups, busy_process: subprocess.Popen[bytes]
 ) -> None:
     """End to end: batched reads off the loop → collector → HTTP → parsed exposition = kernel files."""
     g = groups
@@ -247,8 +214,8 @@ def test_v1_scrape_over_http_reports_the_kernel_values(
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-    assert _between(samples[("cgroup_cpu_usage_seconds_total", g.busy, "busy")], cpu_before, cpu_after)
-    assert _between(samples[("cgroup_memory_usage_bytes", g.busy, "busy")], mem_before, mem_after)
+    assert between(samples[("cgroup_cpu_usage_seconds_total", g.busy, "busy")], cpu_before, cpu_after)
+    assert between(samples[("cgroup_memory_usage_bytes", g.busy, "busy")], mem_before, mem_after)
     assert samples[("cgroup_pids_current", g.busy, "busy")] == 1
     assert samples[("cgroup_pids_max", g.idle, "")] == math.inf
     assert samples[("cgroup_frozen", g.busy, "busy")] == 0

@@ -3,22 +3,19 @@
 Run: ``tests/vm/run -- .venv/bin/python -m pytest -p no:cacheprovider -m cgroupv2 \
     tests/v2/test_cgroupfs_v2.py``
 
-One managed root for the module (``cgctl-test-<hex>``); processes are only ever this module's children;
-at the end ``cgroup.kill`` of our root (which holds only our children), then rmdir bottom-up. Python
-runs 20–60× slower under TCG, so the workloads are small.
+One managed root for the module (``cgctl-test-<hex>``); processes are only ever the tests' own children
+(the ``children`` fixture kills each test's at its end); at the end ``cgroup.kill`` of our root (which
+holds only our children and their forks), then rmdir bottom-up. Python runs 20–60× slower under TCG, so
+the workloads are small.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import secrets
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +35,8 @@ from drivers.api import (
 )
 from drivers.cgroupfs import CgroupfsDriver, mountinfo
 from drivers.cgroupfs.ops_v2 import V2Ops
+from tests.kernel import kill_and_remove_v2_tree, read_keyed
+from tests.procs import ALLOCATE_200M, FORK_UNTIL_REFUSED, IDLE, SPIN, Children, after_go, cpu_ticks, go
 
 pytestmark = pytest.mark.cgroupv2
 
@@ -63,31 +62,7 @@ def vda() -> str | None:
 def root_name() -> Iterator[str]:
     name = f"cgctl-test-{secrets.token_hex(4)}"
     yield name
-    top = MOUNT / name
-    if top.is_dir():
-        # only this module's children were ever moved under our root: kill them all at once
-        with contextlib.suppress(OSError):
-            (top / "cgroup.kill").write_text("1")
-        for _ in range(200):
-            if "populated 0" in (top / "cgroup.events").read_text():
-                break
-            time.sleep(0.05)
-        for directory in [
-            *sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)),
-            top,
-        ]:
-            directory.rmdir()
-
-
-@pytest.fixture(scope="module")
-def children() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=30)
+    kill_and_remove_v2_tree(MOUNT / name)  # only the tests' children (and their forks) were moved in
 
 
 @pytest.fixture(scope="module")
@@ -99,30 +74,6 @@ def driver(root_name: str) -> Iterator[CgroupfsDriver]:
     ops.enable((), CONTROLLERS)
     yield drv
     asyncio.run(drv.close())
-
-
-def start(children: list[subprocess.Popen[bytes]], code: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    children.append(proc)
-    return proc
-
-
-def go(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(b"go\n")
-    proc.stdin.flush()
-
-
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def kv(path: Path) -> dict[str, str]:
-    return dict(line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())
-
-
-BUSY = "import sys; sys.stdin.readline()\nwhile True: pass"
 
 
 async def test_controllers_are_enabled_top_down_and_probe_sees_them(
@@ -212,62 +163,55 @@ async def test_every_v2_knob_round_trips_through_the_kernel_files(
 
 
 async def test_busy_loop_is_throttled_under_cpu_max(
-    driver: CgroupfsDriver, children: list[subprocess.Popen[bytes]], root_name: str
+    driver: CgroupfsDriver, children: Children, root_name: str
 ) -> None:
     await driver.create(("throttled",))
     await driver.set(("throttled",), "cpu.max", CpuMax(10_000, 100_000))
-    proc = start(children, BUSY)
+    proc = children.python(SPIN)
     await driver.move(("throttled",), [proc.pid])
     go(proc)
     await asyncio.sleep(1.5)
-    stat = kv(MOUNT / root_name / "throttled" / "cpu.stat")
+    stat = read_keyed(MOUNT / root_name / "throttled" / "cpu.stat")
     proc.kill()
     proc.wait()
-    assert int(stat["nr_throttled"]) >= 3 and int(stat["throttled_usec"]) > 0
+    assert stat["nr_throttled"] >= 3 and stat["throttled_usec"] > 0
 
 
 async def test_fork_is_refused_at_pids_max(
-    driver: CgroupfsDriver, children: list[subprocess.Popen[bytes]], root_name: str
+    driver: CgroupfsDriver, children: Children, root_name: str
 ) -> None:
     await driver.create(("forks",))
     await driver.set(("forks",), "pids.max", 3)
-    code = (
-        "import os, sys, time\nsys.stdin.readline()\nmade = 0\n"
-        "for _ in range(6):\n"
-        "    try:\n        pid = os.fork()\n    except BlockingIOError:\n        break\n"
-        "    if pid == 0:\n        time.sleep(60); os._exit(0)\n    made += 1\n"
-        "print(made, flush=True)\nsys.stdin.readline()\n"
-    )
-    proc = start(children, code)
+    proc = children.python(after_go(FORK_UNTIL_REFUSED))
     await driver.move(("forks",), [proc.pid])
     go(proc)
     assert proc.stdout is not None
     made = int(await asyncio.to_thread(proc.stdout.readline))
     assert made == 2
-    assert int(kv(MOUNT / root_name / "forks" / "pids.events")["max"]) >= 1
+    assert read_keyed(MOUNT / root_name / "forks" / "pids.events")["max"] >= 1
 
 
 async def test_allocation_is_oom_killed_at_memory_max_as_a_group(
-    driver: CgroupfsDriver, children: list[subprocess.Popen[bytes]], root_name: str
+    driver: CgroupfsDriver, children: Children, root_name: str
 ) -> None:
     await driver.create(("oom",))
     await driver.set(("oom",), "memory.max", 32 * MIB)
     await driver.set(("oom",), "memory.swap.max", 0)
     await driver.set(("oom",), "memory.oom.group", True)
-    proc = start(children, "import sys; sys.stdin.readline(); b = bytearray(200 * 2**20); print('survived')")
+    proc = children.python(after_go(ALLOCATE_200M))
     await driver.move(("oom",), [proc.pid])
     go(proc)
     assert await asyncio.to_thread(proc.wait, 120) == -signal.SIGKILL
-    events = kv(MOUNT / root_name / "oom" / "memory.events")
-    assert int(events["oom_kill"]) >= 1 and int(events["max"]) >= 1
+    events = read_keyed(MOUNT / root_name / "oom" / "memory.events")
+    assert events["oom_kill"] >= 1 and events["max"] >= 1
 
 
 async def test_freeze_waits_for_cgroup_events_and_ancestor_freeze_counts(
-    driver: CgroupfsDriver, children: list[subprocess.Popen[bytes]]
+    driver: CgroupfsDriver, children: Children
 ) -> None:
     await driver.create(("ice",))
     await driver.create(("ice", "leaf"))
-    proc = start(children, BUSY)
+    proc = children.python(SPIN)
     await driver.move(("ice", "leaf"), [proc.pid])
     go(proc)
     await asyncio.sleep(0.3)
@@ -298,10 +242,10 @@ async def test_freeze_waits_for_cgroup_events_and_ancestor_freeze_counts(
 
 
 async def test_remove_refuses_a_populated_group_and_hostile_paths_are_refused(
-    driver: CgroupfsDriver, children: list[subprocess.Popen[bytes]], root_name: str
+    driver: CgroupfsDriver, children: Children, root_name: str
 ) -> None:
     await driver.create(("occupied",))
-    proc = start(children, "import sys; sys.stdin.readline()")
+    proc = children.python(IDLE)
     await driver.move(("occupied",), [proc.pid])
     with pytest.raises(GroupBusyError, match="holds processes"):
         await driver.remove(("occupied",))

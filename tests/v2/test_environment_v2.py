@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:
-    from conftest import Children
+from tests.kernel import read_keyed
+from tests.procs import ALLOCATE_200M, FORK_UNTIL_REFUSED, Children, wait_until
 
 pytestmark = pytest.mark.cgroupv2
 
 CONTROLLERS = {"cpu", "memory", "io", "pids", "cpuset"}
-
-
-def keyed(path: Path) -> dict[str, int]:
-    return {key: int(value) for key, value in (line.split() for line in path.read_text().splitlines())}
 
 
 def child_group(root: Path, name: str) -> Path:
@@ -47,59 +41,39 @@ def test_busy_loop_under_cpu_max_is_throttled(v2_cgroup_root: Path, children: Ch
     (group / "cpu.max").write_text("5000 100000")
     children.busy_loop(cgroups=[group])
 
-    deadline = time.monotonic() + 30
-    while keyed(group / "cpu.stat")["nr_throttled"] < 5:
-        assert time.monotonic() < deadline, (group / "cpu.stat").read_text()
-        time.sleep(0.1)
-    start_usage, start = keyed(group / "cpu.stat")["usage_usec"], time.monotonic()
+    wait_until(
+        lambda: read_keyed(group / "cpu.stat")["nr_throttled"] >= 5,
+        30,
+        lambda: (group / "cpu.stat").read_text(),
+        interval=0.1,
+    )
+    start_usage, start = read_keyed(group / "cpu.stat")["usage_usec"], time.monotonic()
     time.sleep(1.0)
-    stat = keyed(group / "cpu.stat")
+    stat = read_keyed(group / "cpu.stat")
     share = (stat["usage_usec"] - start_usage) / ((time.monotonic() - start) * 1e6)
 
     assert stat["throttled_usec"] > 0
     assert share < 0.25, f"a 5 % quota let the loop use {share:.0%} of a CPU"
 
 
-FORK_UNTIL_REFUSED = """
-import os, time
-forked = 0
-for _ in range(10):
-    try:
-        pid = os.fork()
-    except BlockingIOError:
-        break
-    if pid == 0:
-        os.close(1)  # so the test sees end-of-output as soon as the parent is done
-        time.sleep(60)
-        os._exit(0)
-    forked += 1
-print(forked, flush=True)
-"""
-
-
 def test_pids_max_stops_a_fork(v2_cgroup_root: Path, children: Children) -> None:
     group = child_group(v2_cgroup_root, "pids")
     (group / "pids.max").write_text("3")
-    forker = children.start(
-        [sys.executable, "-c", FORK_UNTIL_REFUSED], cgroups=[group], stdout=subprocess.PIPE
-    )
+    forker = children.python(FORK_UNTIL_REFUSED, cgroups=[group])
     output, _ = forker.communicate(timeout=120)
 
     assert output.split() == [b"2"]  # the parent is task 1 of 3
-    assert keyed(group / "pids.events")["max"] >= 1
-
-
-ALLOCATE_200M = "block = bytearray(200 << 20)\nfor i in range(0, len(block), 4096):\n    block[i] = 1\n"
+    assert read_keyed(group / "pids.events")["max"] >= 1
 
 
 def test_memory_max_oom_kills_an_allocation_beyond_it(v2_cgroup_root: Path, children: Children) -> None:
     group = child_group(v2_cgroup_root, "memory")
     (group / "memory.max").write_text(str(48 << 20))
     (group / "memory.swap.max").write_text("0")
-    hog = children.start([sys.executable, "-c", ALLOCATE_200M], cgroups=[group])
+    hog = children.python(ALLOCATE_200M, cgroups=[group])
 
     assert hog.wait(timeout=120) == -9
-    assert keyed(group / "memory.events")["oom_kill"] >= 1
+    assert read_keyed(group / "memory.events")["oom_kill"] >= 1
 
 
 def test_cpuset_pins_a_process_to_the_chosen_cpu(v2_cgroup_root: Path, children: Children) -> None:

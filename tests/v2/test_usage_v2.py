@@ -8,12 +8,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import secrets
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,29 +20,23 @@ from drivers.cgroupfs import usage as u
 from exporters.collector import AgentMetrics, Snapshot, build_families
 from exporters.exposition import render
 from exporters.server import SnapshotCache
+from tests.kernel import between, keyed
+from tests.procs import Children, go_until_ready, settled_usage, wait_until
 
 pytestmark = pytest.mark.cgroupv2
 
 CONTROLLERS = ("cpu", "memory", "io", "pids")
 
 # Python under TCG is slow: a short spin, 16 MiB touched, 1 MiB read from the scratch disk (if any).
-BUSY = """
-import os, sys, time
-sys.stdin.readline()
-end = time.process_time() + 0.15
-while time.process_time() < end:
-    pass
-block = bytearray(16 << 20)
-for i in range(0, len(block), 4096):
-    block[i] = 1
+READ_1M_FROM_VDA = """
+import os
 if os.path.exists("/dev/vda"):
     fd = os.open("/dev/vda", os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.read(fd, 1 << 20)
     os.close(fd)
-print("ready", flush=True)
-sys.stdin.readline()
 """
+BUSY = settled_usage(0.15, 16, io=READ_1M_FROM_VDA)
 
 
 @dataclass
@@ -65,63 +56,34 @@ class Groups:
 
 
 def _wait_events(g: Groups, cgroup: str, key: str, value: int) -> None:
-    deadline = time.monotonic() + 10
-    while _keyed(g.read(cgroup, "cgroup.events"))[key] != value:
-        assert time.monotonic() < deadline, f"{cgroup}: {key} never became {value}"
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def groups() -> Iterator[Groups]:
-    mount = os.environ.get("CGCTL_TEST_CGROUP_BASE", "/sys/fs/cgroup")
-    try:
-        with open(f"{mount}/cgroup.controllers") as handle:
-            available = handle.read().split()
-    except OSError:
-        pytest.skip("no cgroup v2 mount")
-    if os.geteuid() != 0 or any(c not in available for c in CONTROLLERS):
-        pytest.skip("needs root and a v2 hierarchy with " + ", ".join(CONTROLLERS))
-    root = f"/cgctl-test-{secrets.token_hex(4)}"
-    g = Groups(mount, root, root + "/busy", root + "/idle")
-    enable = " ".join("+" + c for c in CONTROLLERS)
-    created: list[str] = []
-    try:
-        with open(f"{mount}/cgroup.subtree_control", "w") as handle:
-            handle.write(enable)
-        os.mkdir(mount + root)
-        created.append(root)
-        g.write(root, "cgroup.subtree_control", enable)
-        for cgroup in (g.busy, g.idle):
-            os.mkdir(mount + cgroup)
-            created.append(cgroup)
-        yield g
-    finally:
-        for cgroup in reversed(created):
-            if os.path.exists(f"{mount}{cgroup}/cgroup.kill"):
-                g.write(cgroup, "cgroup.kill", "1")
-            _wait_events(g, cgroup, "populated", 0)
-            os.rmdir(mount + cgroup)
-
-
-@pytest.fixture
-def busy_process(groups: Groups) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BUSY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    wait_until(
+        lambda: keyed(g.read(cgroup, "cgroup.events"))[key] == value,
+        10,
+        f"{cgroup}: {key} never became {value}",
+        interval=0.01,
     )
-    try:
-        groups.write(groups.busy, "cgroup.procs", str(proc.pid))
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "ready"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
-def _keyed(text: str) -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split()[:2] for line in text.splitlines() if line.strip())}
+@pytest.fixture
+def groups(v2_cgroup_root: Path) -> Groups:
+    """``/cgctl-test-<hex>`` (v2_cgroup_root: removed at teardown with all below it, after cgroup.kill)
+    with ``busy`` and ``idle`` below it, both with the CONTROLLERS."""
+    enabled = (v2_cgroup_root / "cgroup.subtree_control").read_text().split()
+    if any(c not in enabled for c in CONTROLLERS):
+        pytest.skip("needs a v2 hierarchy with " + ", ".join(CONTROLLERS))
+    root = "/" + v2_cgroup_root.name
+    g = Groups(str(v2_cgroup_root.parent), root, root + "/busy", root + "/idle")
+    for cgroup in (g.busy, g.idle):
+        os.mkdir(g.mount + cgroup)
+    return g
+
+
+@pytest.fixture
+def busy_process(groups: Groups, children: Children) -> subprocess.Popen[bytes]:
+    """BUSY, started in ``busy``, once it has done its work."""
+    proc = children.python(BUSY, cgroups=[Path(groups.mount + groups.busy)])
+    go_until_ready(proc)
+    return proc
 
 
 def _psi_total(text: str, kind: str) -> float:
@@ -131,19 +93,15 @@ def _psi_total(text: str, kind: str) -> float:
     raise AssertionError(f"no {kind} line")
 
 
-def _between(value: float | None, first: float, second: float) -> bool:
-    return value is not None and min(first, second) <= value <= max(first, second)
-
-
-def test_v2_usage_equals_the_kernel_files(groups: Groups, busy_process: subprocess.Popen[str]) -> None:
+def test_v2_usage_equals_the_kernel_files(groups: Groups, busy_process: subprocess.Popen[bytes]) -> None:
     g = groups
     g.write(g.busy, "cpu.max", "20000 100000")
     g.write(g.busy, "memory.max", str(256 << 20))
     g.write(g.busy, "pids.max", "50")
 
     def kernel() -> dict[str, float]:
-        cpu = _keyed(g.read(g.busy, "cpu.stat"))
-        stat = _keyed(g.read(g.busy, "memory.stat"))
+        cpu = keyed(g.read(g.busy, "cpu.stat"))
+        stat = keyed(g.read(g.busy, "memory.stat"))
         return {
             "cpu": cpu["usage_usec"] / 1e6,
             "user": cpu["user_usec"] / 1e6,
@@ -162,18 +120,18 @@ def test_v2_usage_equals_the_kernel_files(groups: Groups, busy_process: subproce
 
     assert sorted(result) == [g.busy, g.idle]
     busy = result[g.busy]
-    assert _between(busy.cpu_usage_seconds, before["cpu"], after["cpu"])
+    assert between(busy.cpu_usage_seconds, before["cpu"], after["cpu"])
     assert busy.cpu_usage_seconds is not None and busy.cpu_usage_seconds >= 0.1  # µs → s
-    assert _between(busy.cpu_user_seconds, before["user"], after["user"])
-    assert _between(busy.cpu_system_seconds, before["system"], after["system"])
-    assert _between(busy.cpu_periods, before["periods"], after["periods"])
-    assert _between(busy.memory_usage_bytes, before["mem"], after["mem"])
+    assert between(busy.cpu_user_seconds, before["user"], after["user"])
+    assert between(busy.cpu_system_seconds, before["system"], after["system"])
+    assert between(busy.cpu_periods, before["periods"], after["periods"])
+    assert between(busy.memory_usage_bytes, before["mem"], after["mem"])
     assert busy.memory_usage_bytes is not None and busy.memory_usage_bytes >= 16 << 20
-    assert _between(busy.memory_stat_bytes["anon"], before["anon"], after["anon"])
+    assert between(busy.memory_stat_bytes["anon"], before["anon"], after["anon"])
     inactive = busy.memory_stat_bytes["inactive_file"]
-    assert _between(inactive, before["inactive_file"], after["inactive_file"])
+    assert between(inactive, before["inactive_file"], after["inactive_file"])
     assert busy.memory_working_set_bytes == max(busy.memory_usage_bytes - inactive, 0)
-    assert busy.memory_events == _keyed(g.read(g.busy, "memory.events"))
+    assert busy.memory_events == keyed(g.read(g.busy, "memory.events"))
     if os.path.exists(f"{g.mount}{g.busy}/memory.peak"):
         assert busy.memory_peak_bytes is not None and busy.memory_peak_bytes >= busy.memory_usage_bytes
     else:
@@ -190,8 +148,8 @@ def test_v2_usage_equals_the_kernel_files(groups: Groups, busy_process: subproce
         assert sum(d["rbytes"] for d in busy.io.values()) >= 1 << 20
     assert busy.pids_current == 1
     assert busy.pids_max == 50.0
-    assert _between(busy.pressure_some_seconds["cpu"], before["cpu_some"], after["cpu_some"])
-    assert _between(busy.pressure_full_seconds["memory"], before["mem_full"], after["mem_full"])
+    assert between(busy.pressure_some_seconds["cpu"], before["cpu_some"], after["cpu_some"])
+    assert between(busy.pressure_full_seconds["memory"], before["mem_full"], after["mem_full"])
     assert (busy.frozen, busy.populated) == (False, True)
     assert busy.limits["cpu.max"] == CpuMax(20000, 100000)
     assert busy.limits["memory.max"] == 256 << 20
@@ -205,7 +163,7 @@ def test_v2_usage_equals_the_kernel_files(groups: Groups, busy_process: subproce
     assert idle.limits["memory.max"] is None
 
 
-def test_v2_frozen_follows_cgroup_events(groups: Groups, busy_process: subprocess.Popen[str]) -> None:
+def test_v2_frozen_follows_cgroup_events(groups: Groups, busy_process: subprocess.Popen[bytes]) -> None:
     g = groups
     g.write(g.busy, "cgroup.freeze", "1")
     try:
@@ -225,7 +183,9 @@ def test_v2_root_group_has_no_memory_files_and_no_fake_values(groups: Groups) ->
     assert u.discover(groups.mount, [groups.root]) == [groups.root, groups.busy, groups.idle]
 
 
-def test_v2_exposition_reports_the_kernel_values(groups: Groups, busy_process: subprocess.Popen[str]) -> None:
+def test_v2_exposition_reports_the_kernel_values(
+    groups: Groups, busy_process: subprocess.Popen[bytes]
+) -> None:
     """Batched reads off the loop → snapshot cache → families → exposition text = kernel files. (The VM has
     no loopback interface, so the HTTP leg is covered by the host and unit tests.)"""
     g = groups
@@ -239,10 +199,10 @@ def test_v2_exposition_reports_the_kernel_values(groups: Groups, busy_process: s
         snapshot = await SnapshotCache(collect, agent).get()
         return render(build_families(snapshot, agent.state()), openmetrics=False).decode()
 
-    cpu_before = _keyed(g.read(g.busy, "cpu.stat"))["usage_usec"] / 1e6
+    cpu_before = keyed(g.read(g.busy, "cpu.stat"))["usage_usec"] / 1e6
     some_before = _psi_total(g.read(g.busy, "memory.pressure"), "some")
     text = asyncio.run(scrape())
-    cpu_after = _keyed(g.read(g.busy, "cpu.stat"))["usage_usec"] / 1e6
+    cpu_after = keyed(g.read(g.busy, "cpu.stat"))["usage_usec"] / 1e6
     some_after = _psi_total(g.read(g.busy, "memory.pressure"), "some")
 
     samples = {
@@ -250,9 +210,9 @@ def test_v2_exposition_reports_the_kernel_values(groups: Groups, busy_process: s
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-    assert _between(samples[("cgroup_cpu_usage_seconds_total", g.busy, None)], cpu_before, cpu_after)
+    assert between(samples[("cgroup_cpu_usage_seconds_total", g.busy, None)], cpu_before, cpu_after)
     waiting = samples[("cgroup_pressure_waiting_seconds_total", g.busy, "memory")]
-    assert _between(waiting, some_before, some_after)
+    assert between(waiting, some_before, some_after)
     assert samples[("cgroup_pids_max", g.idle, None)] == math.inf
     assert samples[("cgroup_limit_memory_bytes", g.idle, "max")] == math.inf
     assert samples[("cgroup_frozen", g.busy, None)] == 0
