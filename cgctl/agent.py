@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import logging
 import os
@@ -222,4 +223,7 @@ def _make_metrics(driver: str, mode: str) -> Any:
 
 def run_agent(args: argparse.Namespace) -> int:
     _setup_logging()
+    # `kill -USR1 <agent>` writes every thread's stack to stderr (the journal under systemd): what a
+    # stuck agent is doing, without a debugger.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return asyncio.run(Agent(args).run())

@@ -149,6 +149,7 @@ def agent(tmp_path: Path, extra_agent_args: list[str]) -> Iterator[RunningAgent]
         text=True,
     )
     running = RunningAgent(root, tmp_path, proc, port, notify, policy, control)
+    stuck = ""
     try:
         yield running
     finally:
@@ -157,12 +158,19 @@ def agent(tmp_path: Path, extra_agent_args: list[str]) -> Iterator[RunningAgent]
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGUSR1)  # the agent dumps its threads' stacks to stderr
+                time.sleep(2)
                 proc.kill()
                 proc.wait()
+                stuck = proc.stderr.read() if proc.stderr is not None else ""
         notify.close()
         shutil.rmtree(control_dir, ignore_errors=True)
         kernel.remove_tree(root)
         assert not kernel.exists(root)
+        if stuck:  # SIGTERM must stop the agent (a blocked sd_notify send once kept it running)
+            pytest.fail(
+                f"the agent did not exit within 60 s of SIGTERM; its log and stacks:\n{stuck[-4000:]}"
+            )
 
 
 def pids_max(root: str, group: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 from cgctl.sdnotify import Notifier
@@ -41,3 +42,21 @@ def test_without_systemd_nothing_is_sent_and_watchdog_for_other_pid_is_ignored()
     n = Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert not n.enabled and not n.notify(READY=1)
     assert n.watchdog_interval is None
+
+
+def test_a_receiver_that_stops_reading_never_blocks_the_sender(tmp_path: Path) -> None:
+    """A full queue (net.unix.max_dgram_qlen, 10 by default) must not stop the agent's event loop: each
+    send gives up after its patience and the message is counted as dropped."""
+    path = str(tmp_path / "notify")
+    with _receiver(path) as rx:
+        n = Notifier({"NOTIFY_SOCKET": path}, patience=0.05)
+        started = time.monotonic()
+        sent = [
+            n.notify(WATCHDOG=1)
+            for _ in range(int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text()) + 5)
+        ]
+        assert time.monotonic() - started < 2.0
+        assert sent[0] and not sent[-1] and n.dropped >= 1
+        assert rx.recv(4096) == b"WATCHDOG=1"  # room again: the next message goes through
+        assert n.notify(STOPPING=1)
+        n.close()
