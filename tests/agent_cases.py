@@ -71,6 +71,18 @@ class RunningAgent:
                 break
         raise AssertionError(f"no {key} from the agent; got {self.messages}; stderr: {self.stderr()}")
 
+    def drain_notify(self) -> None:
+        """Take every datagram waiting on the notify socket (it holds only ~10: a message sent to a full
+        queue is dropped by the agent, which must never block on it)."""
+        self.notify.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self.notify.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.notify.setblocking(True)
+
     def stderr(self) -> str:
         if self.proc.poll() is None:
             return "(running)"
@@ -277,6 +289,7 @@ def test_control_socket_refuses_non_root_peers(agent: RunningAgent) -> None:
 
 def test_sigterm_exits_cleanly(agent: RunningAgent) -> None:
     agent.wait_notify("READY=1")
+    agent.drain_notify()  # room for STOPPING=1
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(timeout=20) == 0
     agent.wait_notify("STOPPING=1")
