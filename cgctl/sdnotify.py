@@ -46,7 +46,8 @@ class Notifier:
         return self.watchdog_usec / 2_000_000 if self.watchdog_usec else None
 
     def notify(self, **fields: str | int) -> bool:
-        """``notify(READY=1, STATUS="...")``. Returns False when not run by systemd (or on error)."""
+        """``notify(READY=1, STATUS="...")``. Returns False when not run by systemd, on error, or when the
+        message was dropped (the receiver's queue stayed full for ``patience`` seconds)."""
         if self._address is None:
             return False
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
