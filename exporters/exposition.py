@@ -94,14 +94,6 @@ def render(families: Sequence[Family], *, openmetrics: bool) -> bytes:
     return b"".join(iter_render(families, openmetrics=openmetrics))
 
 
-def render_gzip(families: Sequence[Family], *, openmetrics: bool, level: int = 1) -> bytes:
-    """The body gzip-compressed chunk by chunk, so the uncompressed text is never held whole."""
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: gzip framing
-    parts = [compressor.compress(chunk) for chunk in iter_render(families, openmetrics=openmetrics)]
-    parts.append(compressor.flush())
-    return b"".join(parts)
-
-
 # RFC 1952 header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 

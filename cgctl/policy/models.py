@@ -43,10 +43,13 @@ class SchemaIssue:
 Parse = Callable[[Any], Any]
 
 
+_NO_VALUE = "has no value (leave the key out, or write a value)"
+
+
 def _not_null(parse: Parse) -> Parse:
     def check(value: object) -> object:
         if value is None:
-            raise ValueError("has no value (leave the key out, or write a value)")
+            raise ValueError(_NO_VALUE)
         return parse(value)
 
     return check
@@ -295,7 +298,7 @@ class IncludeList(Section):
     @classmethod
     def check(cls, data: object, loc: Loc, issues: list[SchemaIssue]) -> Any:
         if data is None:
-            issues.append(SchemaIssue(loc, "has no value (leave the key out, or write a value)"))
+            issues.append(SchemaIssue(loc, _NO_VALUE))
             return None
         if isinstance(data, str):
             return [data]

@@ -19,9 +19,11 @@ from exporters.collector import (
     AgentMetrics,
     CgctlCollector,
     Snapshot,
+    build_agent_families,
     build_families,
+    build_group_families,
 )
-from exporters.exposition import iter_render, render, render_gzip
+from exporters.exposition import finish, iter_render, render, render_prefix
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -232,6 +234,7 @@ def test_chunked_and_gzip_rendering_equal_the_whole_body() -> None:
     chunks = list(iter_render(build_families(snapshot, _agent().state()), openmetrics=True))
     assert len(chunks) > 1  # 6000 samples span several chunks
     assert b"".join(chunks) == whole
-    compressed = render_gzip(build_families(snapshot, _agent().state()), openmetrics=True)
+    prefix = render_prefix(build_group_families(snapshot), openmetrics=True, gzip_level=1)
+    compressed = b"".join(finish(prefix, build_agent_families(_agent().state(), len(usage))))
     assert gzip.decompress(compressed) == whole
     assert len(_samples(whole.decode(), openmetrics=True)) > 6000
