@@ -11,7 +11,6 @@ need them, so ``cgctl freeze`` starts fast.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import os
@@ -21,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, oneshot
 
 if TYPE_CHECKING:
     from drivers.api import Driver, GroupPath
@@ -88,14 +87,19 @@ def _load_policy(path: str) -> Policy:
 
 
 def _driver_for(name: str, root: str) -> tuple[Driver, str]:
+    """The driver a command uses. Under oneshot.run, a driver that needs an event loop restarts the
+    command under asyncio (this is called before the command has changed anything)."""
     from drivers.api import DriverOptions
 
-    from .registry import UnknownDriverError, make_driver
+    from .registry import UnknownDriverError, choose_driver
 
     try:
-        return make_driver(name, DriverOptions(root=root))
+        cls, why = choose_driver(name)
     except UnknownDriverError as exc:
         raise UsageError(str(exc)) from None
+    if oneshot.inline() and cls.needs_event_loop:
+        raise oneshot.LoopRequired(cls.name)
+    return cls(DriverOptions(root=root, inline=oneshot.inline())), why
 
 
 def _policy_driver(policy: Policy, override: str | None) -> tuple[Driver, str]:
@@ -140,7 +144,7 @@ def _via_agent(args: argparse.Namespace, request: dict[str, Any]) -> int | None:
     if getattr(args, "no_agent", False):
         return None
     from .agent_args import DEFAULT_SOCKET
-    from .control import AgentError, AgentUnavailable, call_agent
+    from .control_client import AgentError, AgentUnavailable, call_agent
 
     path = os.environ.get("CGCTL_AGENT_SOCKET", DEFAULT_SOCKET)
     if not os.path.exists(path):
@@ -298,10 +302,10 @@ def _cmd_exec(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("exec needs a command after --")
     path = _parse_group(args.group)
-    root, driver_name = _root_and_driver(args)
-    driver, _ = _driver_for(driver_name, root)
 
     async def join() -> None:
+        root, driver_name = _root_and_driver(args)
+        driver, _ = _driver_for(driver_name, root)
         try:
             # The process joins the group *before* it executes the command (anchors §3 pitfall 19),
             # so the command's first instruction is already accounted and limited.
@@ -310,7 +314,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
             await driver.close()
 
     try:
-        asyncio.run(join())
+        oneshot.run(join)
     except DriverError as exc:
         _err(f"joining {args.group} failed: {exc}")
         return EXIT_FAILED
@@ -454,6 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_exec(args)
         if command == "agent":
             return _cmd_agent(args)
+        if command == "check":  # probes every driver, systemd's over D-Bus: always under asyncio
+            import asyncio
+
+            return asyncio.run(_cmd_check(args))
         handlers: dict[str, Any] = {
             "apply": _cmd_apply,
             "diff": _cmd_diff,
@@ -461,9 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "thaw": lambda a: _cmd_freeze(a, freeze=False),
             "show": _cmd_show,
             "move": _cmd_move,
-            "check": _cmd_check,
         }
-        result: int = asyncio.run(handlers[command](args))
+        result: int = oneshot.run(lambda: handlers[command](args))
         return result
     except InvalidPolicy as exc:
         for line in exc.lines:

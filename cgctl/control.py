@@ -1,5 +1,6 @@
 """The agent's control socket: how ``cgctl apply/freeze/thaw`` reach a running agent, so the host has one
-writer. One JSON request line in, one JSON response line out, over a Unix stream socket.
+writer. One JSON request line in, one JSON response line out, over a Unix stream socket. This is the
+agent's side; the CLI's is :mod:`cgctl.control_client` (no asyncio: a blocking socket is all it needs).
 
 Who may talk to it is decided from the kernel's view of the peer (``SO_PEERCRED``), never from anything
 the client says: root always, and members of one configured group if the operator chose one.
@@ -129,43 +130,3 @@ class ControlServer:
         writer.write(json.dumps(response).encode() + b"\n")
         with contextlib.suppress(OSError):
             await writer.drain()
-
-
-class AgentUnavailable(Exception):
-    pass
-
-
-def call_agent(path: str, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-    """Send one request to a running agent. Raises AgentUnavailable when none listens at ``path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
-    try:
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise AgentUnavailable(str(exc)) from None
-        try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-        except OSError as exc:
-            raise AgentError(f"sending to the agent at {path} failed: {exc}") from None
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                raise AgentError(f"the agent at {path} did not answer within {timeout:.0f}s") from None
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        sock.close()
-    data = b"".join(chunks)
-    if not data:
-        # Connected but no answer: the agent exists, so working around it would make two writers.
-        raise AgentError(f"the agent at {path} closed the connection without answering; see its log")
-    response: dict[str, Any] = json.loads(data)
-    return response
-
-
-class AgentError(Exception):
-    """An agent listens but the exchange failed: never fall back to writing directly."""

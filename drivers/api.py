@@ -14,11 +14,21 @@ from __future__ import annotations
 
 import abc
 import enum
+import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeAlias
 
 GroupPath: TypeAlias = tuple[str, ...]
+
+SYSTEMD_RUNTIME_DIR = "/run/systemd/system"
+NOT_BOOTED = f"systemd is not PID 1 ({SYSTEMD_RUNTIME_DIR} does not exist)"
+
+
+def systemd_booted() -> bool:
+    """sd_booted(3): systemd is PID 1 (it creates this directory early at boot). Cheap, so ``driver:
+    auto`` can rule systemd out without importing its driver (asyncio + dbus-fast, ~60 ms)."""
+    return os.path.isdir(SYSTEMD_RUNTIME_DIR)
 
 
 def format_path(path: GroupPath) -> str:
@@ -344,12 +354,18 @@ class DriverOptions:
     root: str = "cgctl"
     persistent: bool = False  # systemd: persistent properties instead of runtime ones
     mountpoint: str = "/sys/fs/cgroup"
+    # No event loop (a one-shot CLI command, cgctl/oneshot.py): blocking calls run on the caller's
+    # thread and no method may suspend. Only for drivers whose needs_event_loop is False.
+    inline: bool = False
 
 
 class Driver(abc.ABC):
     """One backend that reaches the kernel. All methods are coroutines; blocking I/O runs off the loop."""
 
     name: ClassVar[str]
+    # False: with DriverOptions(inline=True) no method ever suspends, so a one-shot command can drive
+    # it without asyncio (the cgroupfs driver). True: it waits on I/O the loop must multiplex (D-Bus).
+    needs_event_loop: ClassVar[bool] = True
 
     def __init__(self, options: DriverOptions) -> None:
         self.options = options

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import kernel, procs
-from tests.cgctl_cli import run_cgctl
+from tests.cgctl_cli import REPO, run_cgctl
 
 
 @dataclass
@@ -128,6 +129,42 @@ def test_apply_writes_the_kernel_files_then_diff_is_clean_and_reapply_writes_not
     again = env.cgctl("apply", str(policy))
     assert "nothing to do" in again.stdout
     assert snapshot(env.root) == before
+
+
+def test_one_shot_commands_run_without_an_event_loop(env: Env) -> None:
+    """apply, freeze and thaw with the cgroupfs driver never import asyncio (cgctl/oneshot.py: 25-50 ms
+    of every start), and still do their work."""
+    policy = env.policy(BASIC)
+    probe = (
+        "import sys\n"
+        "from cgctl.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print('asyncio loaded:', 'asyncio' in sys.modules)\n"
+        "sys.exit(rc)\n"
+    )
+    runs = [
+        ["apply", str(policy)],
+        ["freeze", "--root", env.root, "web"],
+        ["thaw", "--root", env.root, "web"],
+    ]
+    for args in runs:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            env=dict(
+                os.environ,
+                CGCTL_STATE_DIR=str(env.tmp / "state"),
+                CGCTL_RUN_DIR=str(env.tmp / "run"),
+                CGCTL_AGENT_SOCKET=str(env.tmp / "no-agent.sock"),
+            ),
+            cwd=REPO,
+            timeout=120,
+        )
+        assert proc.returncode == 0, f"{args}: {proc.stderr}"
+        assert "asyncio loaded: False" in proc.stdout, (args, proc.stdout)
+    assert kernel_limits(env.root, "web")["pids.max"] == "50"
+    assert env.cgctl("diff", str(policy)).returncode == 0
 
 
 def test_dropped_knob_is_reset_and_knobs_never_named_are_left_alone(env: Env) -> None:

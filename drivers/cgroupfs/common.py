@@ -126,13 +126,20 @@ def stale_retry(trees: Sequence[Tree], body: Callable[[], T]) -> T:
 
 
 class WriteContext:
-    """What a knob writer may read first: the group's own files and its parent's (same hierarchy)."""
+    """What a knob writer may read first: the group's own files and its parent's (same hierarchy).
 
-    def __init__(self, gd: GroupDir, tree: Tree, group: GroupPath) -> None:
+    ``known`` holds files whose content is known without reading them: those of a group created in
+    this apply that nothing has written yet still hold the kernel's defaults for a new group."""
+
+    def __init__(
+        self, gd: GroupDir, tree: Tree, group: GroupPath, known: Mapping[str, str] | None = None
+    ) -> None:
         self.gd, self.tree, self.group = gd, tree, group
+        self.known = known or {}
 
     def read(self, file: str) -> str | None:
-        return self.gd.read_optional(file)
+        text = self.known.get(file)
+        return text if text is not None else self.gd.read_optional(file)
 
     def read_parent(self, file: str) -> str | None:
         parts = self.tree.rel(self.group)[:-1]

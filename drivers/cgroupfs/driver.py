@@ -4,17 +4,18 @@ The async methods are thin: each runs one blocking call of the version's ops obj
 ``ops_v1.V1Ops``) in ``asyncio.to_thread``, so an observe of a thousand groups is one thread hop, not
 one per file. The exceptions are the writes that cannot block (mkdir, cpu/pids/io knobs, memory limits
 above current usage): they run inline, because the hop would cost five times the write (see
-``_quick``). The layout is read from ``/proc/self/mountinfo`` on first use.
+``_quick``). With ``DriverOptions.inline`` (a one-shot CLI command, no event loop: cgctl/oneshot.py)
+every call runs on the caller's thread and nothing suspends, so asyncio is not even imported. The layout
+is read from ``/proc/self/mountinfo`` on first use.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, ParamSpec, TypeVar
 
 from drivers.api import (
     Capabilities,
@@ -39,9 +40,13 @@ from drivers.cgroupfs.ops_v2 import V2Ops
 
 INLINE_SLICE = 0.002  # longest stretch of inline writes before the event loop gets a turn
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 
 class CgroupfsDriver(Driver):
     name: ClassVar[str] = "cgroupfs"
+    needs_event_loop: ClassVar[bool] = False
 
     def __init__(self, options: DriverOptions) -> None:
         super().__init__(options)
@@ -90,10 +95,18 @@ class CgroupfsDriver(Driver):
                 self._ops.close()
                 self._ops = None
 
+    async def _blocking(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a call that may block: in a worker thread, or right here when there is no loop."""
+        if self.options.inline:
+            return call(*args, **kwargs)
+        import asyncio
+
+        return await asyncio.to_thread(call, *args, **kwargs)
+
     # -- Driver ----------------------------------------------------------------------------------
 
     async def probe(self) -> Capabilities:
-        return await asyncio.to_thread(lambda: self._get_ops().probe(self.name))
+        return await self._blocking(lambda: self._get_ops().probe(self.name))
 
     def effective_value(self, key: SettingKey, value: Value) -> Value:
         return self._get_ops().effective(key, value)
@@ -127,7 +140,7 @@ class CgroupfsDriver(Driver):
         wanted = list(paths)
         self._fresh.clear()
         with_state = None if state is None else frozenset(state)
-        return await asyncio.to_thread(lambda: self._get_ops().observe(wanted, keys, with_state))
+        return await self._blocking(lambda: self._get_ops().observe(wanted, keys, with_state))
 
     async def _quick(self, call: Callable[[], None]) -> None:
         """Run a write the kernel finishes in microseconds on the loop's own thread.
@@ -137,10 +150,13 @@ class CgroupfsDriver(Driver):
         block (no reclaim, no waiting, no retries), and the loop is handed back every 2 ms so a scrape
         or a control request never waits behind a long apply.
         """
-        now = time.monotonic()
-        if now - self._last_yield >= INLINE_SLICE:
-            self._last_yield = now
-            await asyncio.sleep(0)
+        if not self.options.inline:
+            now = time.monotonic()
+            if now - self._last_yield >= INLINE_SLICE:
+                self._last_yield = now
+                import asyncio
+
+                await asyncio.sleep(0)
         call()
 
     async def create(self, path: GroupPath) -> None:
@@ -150,46 +166,46 @@ class CgroupfsDriver(Driver):
 
     async def remove(self, path: GroupPath) -> None:
         # rmdir may retry with sleeps while exiting tasks leave: off the loop
-        await asyncio.to_thread(lambda: self._get_ops().remove(path))
+        await self._blocking(lambda: self._get_ops().remove(path))
 
     async def set(self, path: GroupPath, key: SettingKey, value: Value) -> None:
         ops = self._get_ops()
         if path in self._fresh or ops.write_is_quick(path, key, value):
             await self._quick(lambda: ops.set(path, key, value))
         else:  # may reclaim memory or rebuild scheduling domains: off the loop
-            await asyncio.to_thread(ops.set, path, key, value)
+            await self._blocking(ops.set, path, key, value)
 
     async def enable_controllers(self, path: GroupPath, controllers: Collection[str]) -> None:
-        ops = await asyncio.to_thread(self._get_ops)
+        ops = await self._blocking(self._get_ops)
         if not isinstance(ops, V2Ops):
             await super().enable_controllers(path, controllers)
             return
-        await asyncio.to_thread(ops.enable, path, frozenset(controllers))
+        await self._blocking(ops.enable, path, frozenset(controllers))
 
     async def disable_controllers(self, path: GroupPath, controllers: Collection[str]) -> None:
-        ops = await asyncio.to_thread(self._get_ops)
+        ops = await self._blocking(self._get_ops)
         if not isinstance(ops, V2Ops):
             await super().disable_controllers(path, controllers)
             return
-        await asyncio.to_thread(ops.disable, path, frozenset(controllers))
+        await self._blocking(ops.disable, path, frozenset(controllers))
 
     async def freeze(self, path: GroupPath, timeout: float) -> None:
-        self.last_confirmation_seconds = await asyncio.to_thread(
+        self.last_confirmation_seconds = await self._blocking(
             lambda: self._get_ops().set_frozen(path, True, timeout)
         )
 
     async def thaw(self, path: GroupPath, timeout: float) -> None:
-        self.last_confirmation_seconds = await asyncio.to_thread(
+        self.last_confirmation_seconds = await self._blocking(
             lambda: self._get_ops().set_frozen(path, False, timeout)
         )
 
     async def move(self, path: GroupPath, pids: Sequence[int]) -> None:
         pid_list = list(pids)
-        await asyncio.to_thread(lambda: self._get_ops().move(path, pid_list))
+        await self._blocking(lambda: self._get_ops().move(path, pid_list))
 
     async def stats(self, paths: Iterable[GroupPath]) -> dict[GroupPath, GroupUsage]:
         wanted = list(paths)
-        return await asyncio.to_thread(self._stats, wanted)
+        return await self._blocking(self._stats, wanted)
 
     def _stats(self, paths: list[GroupPath]) -> dict[GroupPath, GroupUsage]:
         """Usage from ``usage.py`` (the exporter's readers); on v1 the limits come from this driver's own

@@ -81,6 +81,9 @@ class V1Ops:
         # cpuset parents read with cgroup.clone_children = 1 during this apply (saves a read per new
         # group); forgotten at every observe, so a long-running agent re-reads it once per apply.
         self._cloning: set[tuple[str, ...]] = set()
+        # (hierarchy, group) → files of a group this apply created that nothing has written yet: they
+        # still hold v1.NEW_GROUP_FILES (the first write of each need not read it). Forgotten at observe.
+        self._untouched: dict[tuple[str, GroupPath], set[str]] = {}
         # every distinct tree, primary first
         self.trees: list[Tree] = [self.primary, *(t for t in by_mount.values() if t is not self.primary)]
         # serializes the writes that use the trees' cached directory handles
@@ -109,6 +112,7 @@ class V1Ops:
         state: frozenset[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         self._cloning.clear()
+        self._untouched.clear()
         out: dict[GroupPath, ObservedGroup] = {}
         order = list(dict.fromkeys([(), *paths]))
         observed = Observed(order)
@@ -218,6 +222,8 @@ class V1Ops:
                     parts = tree.rel(path)[:depth]
                     if self._mkdir(tree, parts, path):
                         created.append((tree, parts))
+                        if depth == len(self.parts) + len(path):
+                            self._untouched[(tree.mountpoint, path)] = set(v1.NEW_GROUP_FILES)
                     elif tree is self.primary and depth == len(self.parts) + len(path):
                         raise DriverError(
                             f"{tree.display(path)} already exists",
@@ -227,6 +233,7 @@ class V1Ops:
                         )
         except BaseException:
             for tree, parts in reversed(created):
+                self._untouched.pop((tree.mountpoint, path), None)
                 tree.forget(parts)
                 try:
                     with tree.open_rel(parts[:-1], path) as parent:
@@ -252,6 +259,8 @@ class V1Ops:
                         target=gd.display,
                         errno=errno_mod.EBUSY,
                     )
+        for tree in self.trees:
+            self._untouched.pop((tree.mountpoint, path), None)
         for tree in [*self.trees[1:], self.primary]:
 
             def busy_reason(tree: Tree = tree) -> str | None:
@@ -291,10 +300,16 @@ class V1Ops:
         spec = v1.TABLE[knob]
         tree = self._tree(knob, path)
 
+        untouched = self._untouched.get((tree.mountpoint, path), set())
+
         def write() -> None:
             gd = self._open_healing(tree, path)
+            known = {file: v1.NEW_GROUP_FILES[file] for file in untouched}
+            alternatives = spec.write(value, device, WriteContext(gd, tree, path, known))
+            # whatever happens next, these files may no longer hold the defaults
+            untouched.difference_update(file for writes in alternatives for file, _ in writes)
             try:
-                apply_writes(gd, spec.write(value, device, WriteContext(gd, tree, path)))
+                apply_writes(gd, alternatives)
             except DriverError as exc:
                 if knob is Knob.MEMORY_MAX and exc.errno == errno_mod.EBUSY:
                     exc.message = (

@@ -76,6 +76,15 @@ LIMIT = "memory.limit_in_bytes"
 MEMSW = "memory.memsw.limit_in_bytes"
 QUOTA = "cpu.cfs_quota_us"
 PERIOD = "cpu.cfs_period_us"
+# What the files the writers below read hold in a group the kernel has just created (no memory or
+# swap limit, no quota, the default 100 ms period): a group created by this apply is not read back
+# before its first write of each (3 syscalls per file, per new group).
+NEW_GROUP_FILES: dict[str, str] = {
+    LIMIT: str(convert.V1_UNLIMITED),
+    MEMSW: str(convert.V1_UNLIMITED),
+    QUOTA: "-1",
+    PERIOD: "100000",
+}
 THROTTLE_FILES: dict[str, str] = {
     "rbps": "blkio.throttle.read_bps_device",
     "wbps": "blkio.throttle.write_bps_device",

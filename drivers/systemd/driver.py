@@ -35,6 +35,7 @@ from typing import Any
 from dbus_fast import Variant
 
 from drivers.api import (
+    NOT_BOOTED,
     Capabilities,
     CgroupMode,
     CpuList,
@@ -55,6 +56,7 @@ from drivers.api import (
     format_value,
     setting_key,
     split_key,
+    systemd_booted,
 )
 from drivers.cgroupfs import usage
 from drivers.cgroupfs.mountinfo import CgroupLayout, read_layout
@@ -126,8 +128,8 @@ class SystemdDriver(Driver):
 
     @classmethod
     def usable(cls) -> tuple[bool, str]:
-        if not os.path.isdir("/run/systemd/system"):
-            return False, "systemd is not PID 1 (/run/systemd/system does not exist)"
+        if not systemd_booted():
+            return False, NOT_BOOTED
         path = _system_bus_path()
         if path is None:
             return False, "the system bus address is not a unix socket path"
