@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -89,10 +88,14 @@ class State:
             "created": sorted(_encode_path(p) for p in self.created),
             "last_applied": {_encode_path(p): sorted(keys) for p, keys in sorted(self.last_applied.items())},
         }
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.filename), prefix=".state-")
+        # One line of JSON: json's C encoder only runs without indent (indent=1 took ~15 ms at 1000
+        # groups); `jq . FILE` shows it pretty. The writer lock makes the temporary name unique.
+        text = json.dumps(data)
+        tmp = os.path.join(os.path.dirname(self.filename), f".state-{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1)
+                f.write(text + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.filename)

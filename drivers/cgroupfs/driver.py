@@ -32,7 +32,7 @@ from drivers.api import (
     format_value,
     split_key,
 )
-from drivers.cgroupfs import convert, mountinfo, usage, v1
+from drivers.cgroupfs import convert, mountinfo, v1
 from drivers.cgroupfs.common import read_values
 from drivers.cgroupfs.ops_v1 import V1Ops
 from drivers.cgroupfs.ops_v1 import populated as populated_v1
@@ -73,6 +73,9 @@ class CgroupfsDriver(Driver):
     # -- plumbing --------------------------------------------------------------------------------
 
     def _get_ops(self) -> V1Ops | V2Ops:
+        ops = self._ops
+        if ops is not None:  # the hot path (once per write): no lock needed to read a set attribute
+            return ops
         with self._lock:
             if self._ops is None:
                 layout = mountinfo.read_layout(self.options.mountpoint)
@@ -161,7 +164,10 @@ class CgroupfsDriver(Driver):
 
     async def create(self, path: GroupPath) -> None:
         ops = self._get_ops()
-        await self._quick(lambda: ops.create(path))
+        if self.options.inline:
+            ops.create(path)
+        else:
+            await self._quick(lambda: ops.create(path))
         self._fresh.add(path)
 
     async def remove(self, path: GroupPath) -> None:
@@ -170,7 +176,9 @@ class CgroupfsDriver(Driver):
 
     async def set(self, path: GroupPath, key: SettingKey, value: Value) -> None:
         ops = self._get_ops()
-        if path in self._fresh or ops.write_is_quick(path, key, value):
+        if self.options.inline:  # nothing else to keep responsive: every write runs right here
+            ops.set(path, key, value)
+        elif path in self._fresh or ops.write_is_quick(path, key, value):
             await self._quick(lambda: ops.set(path, key, value))
         else:  # may reclaim memory or rebuild scheduling domains: off the loop
             await self._blocking(ops.set, path, key, value)
@@ -210,6 +218,8 @@ class CgroupfsDriver(Driver):
     def _stats(self, paths: list[GroupPath]) -> dict[GroupPath, GroupUsage]:
         """Usage from ``usage.py`` (the exporter's readers); on v1 the limits come from this driver's own
         table so they match what ``observe`` reports (one set of v1 conversions)."""
+        from drivers.cgroupfs import usage  # the exporter's readers: only `cgctl show` needs them
+
         ops = self._get_ops()
         cgroups = {"/" + "/".join((*ops.parts, *path)): path for path in paths}
         out: dict[GroupPath, GroupUsage] = {}
