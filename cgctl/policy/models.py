@@ -107,21 +107,21 @@ class Section:
             return None
         values: dict[str, Any] = {}
         ok = True
+        fields = cls.FIELDS
         for key, raw in data.items():
-            spec = cls.FIELDS.get(key)
-            where = (*loc, key)
+            spec = fields.get(key)
             if spec is None:
-                issues.append(SchemaIssue(where, cls.unknown_key(key, raw), points_at="key"))
+                issues.append(SchemaIssue((*loc, key), cls.unknown_key(key, raw), points_at="key"))
                 ok = False
-            elif isinstance(spec, type) and issubclass(spec, Section):  # a nested mapping or list
-                value = spec.check(raw, where, issues)
+            elif spec.__class__ is type:  # a nested Section (a mapping or list); leaves are functions
+                value = cast(type[Section], spec).check(raw, (*loc, key), issues)
                 ok = ok and value is not None
                 values[key] = value
             else:  # a leaf: its parser raises ValueError with the message to show
                 try:
                     values[key] = cast(Parse, spec)(raw)
                 except ValueError as exc:
-                    issues.append(SchemaIssue(where, str(exc)))
+                    issues.append(SchemaIssue((*loc, key), str(exc)))
                     ok = False
         for key in cls.required():
             if key not in data:

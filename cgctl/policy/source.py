@@ -186,6 +186,7 @@ class _Builder:
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Data]:
         result: dict[str, Data] = {}
         marks = self.source.marks
+        scalar = yaml.ScalarNode
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 self.source.issue(
@@ -207,7 +208,11 @@ class _Builder:
                 continue
             value_mark = value_node.start_mark
             marks[key_loc] = (key_mark.line, key_mark.column, value_mark.line, value_mark.column)
-            result[key] = self.build(value_node, key_loc)
+            if value_node.__class__ is scalar and value_node.tag == _PLAIN:  # most values: build() inlined
+                self.nodes += 1
+                result[key] = _plain(value_node.value)
+            else:
+                result[key] = self.build(value_node, key_loc)
         return result
 
     def _scalar(self, node: yaml.ScalarNode, loc: Loc) -> Data:
@@ -236,6 +241,8 @@ _BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": Fal
 def _plain(text: str) -> Data:
     """Type a plain scalar: null, true/false, decimal int, decimal float; anything else is the string
     as written (so ``yes``, ``0x10``, ``8:0``, ``1_000``… reach the field validators unchanged)."""
+    if text.isdigit() and text.isascii():  # the common case, before the regular expressions
+        return int(text)
     if text in _NULLS:
         return None
     boolean = _BOOLS.get(text)

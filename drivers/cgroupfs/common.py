@@ -16,6 +16,7 @@ from drivers.api import (
     GroupPath,
     Knob,
     NotOwnedError,
+    ObservedGroup,
     SettingKey,
     UnsafePathError,
     Value,
@@ -240,6 +241,13 @@ def check_not_systemd_owned(trees: Sequence[Tree], parts: tuple[str, ...]) -> No
         "unit with Delegate=yes and put the root inside it",
         target=where,
     )
+
+
+def missing_parent(seen: Mapping[GroupPath, ObservedGroup], path: GroupPath) -> bool:
+    """Whether an observe already found ``path``'s parent missing (so the group cannot exist either:
+    a first apply of N groups then costs no lookup per group)."""
+    parent = seen.get(path[:-1]) if path else None
+    return parent is not None and not parent.exists
 
 
 def mark_created(gd: GroupDir) -> None:

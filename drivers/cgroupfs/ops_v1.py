@@ -41,6 +41,7 @@ from drivers.cgroupfs.common import (
     apply_writes,
     check_not_systemd_owned,
     mark_created,
+    missing_parent,
     online_list,
     read_values,
     rmdir_with_retry,
@@ -117,7 +118,9 @@ class V1Ops:
         order = list(dict.fromkeys([(), *paths]))
         observed = Observed(order)
         for path in order:
-            out[path] = self._observe_one(path, keys.get(path, ()), observed, state is None or path in state)
+            out[path] = self._observe_one(
+                path, keys.get(path, ()), observed, state is None or path in state, out
+            )
         # a group is populated when it or any descendant holds processes
         for path, seen in out.items():
             if seen.populated:
@@ -128,9 +131,14 @@ class V1Ops:
         return out
 
     def _observe_one(
-        self, path: GroupPath, wanted: Collection[SettingKey], observed: Observed, with_state: bool
+        self,
+        path: GroupPath,
+        wanted: Collection[SettingKey],
+        observed: Observed,
+        with_state: bool,
+        out: Mapping[GroupPath, ObservedGroup],
     ) -> ObservedGroup:
-        gd = self.primary.try_open(path)
+        gd = None if missing_parent(out, path) else self.primary.try_open(path)
         if gd is None:
             return ObservedGroup(exists=False, display=self.primary.display(path))
         # one open directory per hierarchy, opened only when something is read there (plain list and

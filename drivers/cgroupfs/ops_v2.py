@@ -35,6 +35,7 @@ from drivers.cgroupfs.common import (
     check_not_systemd_owned,
     kernel_cmdline,
     mark_created,
+    missing_parent,
     online_list,
     parse_flat_keyed,
     read_values,
@@ -78,7 +79,7 @@ class V2Ops:
     ) -> dict[GroupPath, ObservedGroup]:
         out: dict[GroupPath, ObservedGroup] = {}
         for path in dict.fromkeys([(), *paths]):
-            gd = self.tree.try_open(path)
+            gd = None if missing_parent(out, path) else self.tree.try_open(path)
             if gd is None:
                 out[path] = ObservedGroup(exists=False, display=self.tree.display(path))
                 continue
