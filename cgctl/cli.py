@@ -463,13 +463,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if command_words:
         args.argv = [*args.argv, *command_words]
-    if args.command != "agent":
+    if args.command == "agent":
+        gc.enable()  # a daemon runs for months: cycles must be collected (cgctl/main.py turned it off)
+    else:
         # A command-line tool piped into `head` should end quietly, and `exec` must hand its command
         # the default SIGPIPE (Python ignores it, and an ignored signal survives execve).
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         # A one-shot command allocates ~100 objects per group and makes no garbage cycles worth
         # collecting before it exits; the cyclic collector would rescan the growing heap again and again
-        # (up to 150 ms of a 1000-group apply). Reference counting still frees everything.
+        # (up to 150 ms of a 1000-group apply). Reference counting still frees everything. The entry
+        # point (cgctl/main.py) already turned it off before the imports; this covers other callers.
         gc.disable()
     try:
         command: str = args.command
