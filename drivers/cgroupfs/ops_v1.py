@@ -222,17 +222,19 @@ class V1Ops:
 
     def _create(self, path: GroupPath) -> None:
         created: list[tuple[Tree, tuple[str, ...]]] = []
+        full = len(self.parts) + len(path)
+        # the managed root is created like mkdir -p; a group below it needs its parent
+        depths = range(1, full + 1) if path == () else (full,)
         try:
             for tree in self.trees:
-                # the managed root is created like mkdir -p; a group below it needs its parent
-                start = 1 if path == () else len(self.parts) + len(path)
-                for depth in range(start, len(self.parts) + len(path) + 1):
-                    parts = tree.rel(path)[:depth]
+                rel = tree.rel(path)
+                for depth in depths:
+                    parts = rel if depth == full else rel[:depth]
                     if self._mkdir(tree, parts, path):
                         created.append((tree, parts))
-                        if depth == len(self.parts) + len(path):
+                        if depth == full:
                             self._untouched[(tree.mountpoint, path)] = set(v1.NEW_GROUP_FILES)
-                    elif tree is self.primary and depth == len(self.parts) + len(path):
+                    elif tree is self.primary and depth == full:
                         raise DriverError(
                             f"{tree.display(path)} already exists",
                             group=path,
@@ -308,14 +310,17 @@ class V1Ops:
         spec = v1.TABLE[knob]
         tree = self._tree(knob, path)
 
-        untouched = self._untouched.get((tree.mountpoint, path), set())
+        untouched = self._untouched.get((tree.mountpoint, path))
 
         def write() -> None:
             gd = self._open_healing(tree, path)
-            known = {file: v1.NEW_GROUP_FILES[file] for file in untouched}
+            known = None
+            if untouched:
+                known = {file: v1.NEW_GROUP_FILES[file] for file in untouched}
             alternatives = spec.write(value, device, WriteContext(gd, tree, path, known))
-            # whatever happens next, these files may no longer hold the defaults
-            untouched.difference_update(file for writes in alternatives for file, _ in writes)
+            if untouched:  # whatever happens next, these files may no longer hold the defaults
+                for writes in alternatives:
+                    untouched.difference_update(file for file, _ in writes)
             try:
                 apply_writes(gd, alternatives)
             except DriverError as exc:
