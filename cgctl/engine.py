@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from drivers.api import Capabilities, Driver, GroupPath, ObservedGroup, SettingKey, split_key
 
 from .apply import DEFAULT_FREEZE_TIMEOUT, ApplyResult, execute
-from .plan import Describer, Op, Plan, PlanInput, keys_to_observe, make_plan
+from .plan import Describer, Op, Plan, PlanInput, keys_to_observe, make_plan, memory_lowered
 from .policy import Policy
 from .state import State
 
@@ -50,21 +50,28 @@ async def prepare(policy: Policy, driver: Driver, *, prune: bool = False) -> Pre
     # The planner looks at frozen state only where the policy sets `frozen`, and at populated only
     # when pruning: other groups' flags need not be read.
     flags_of = None if prune else [path for path, spec in policy.groups.items() if spec.frozen is not None]
-    observed = await driver.observe(sorted(paths), keys, state=flags_of)
+    # Memory usage matters only where a limit goes down (the plan warns when below usage): read it
+    # after a first plan, for those groups alone, and plan again.
+    observed = await driver.observe(sorted(paths), keys, state=flags_of, usage=())
     observed_at = time.perf_counter()
-    plan = make_plan(
-        PlanInput(
-            desired=policy.groups,
-            observed=observed,
-            capabilities=capabilities,
-            last_applied=state.last_applied,
-            owned=frozenset(state.created),
-            prune=prune,
-            on_unsupported=policy.on_unsupported,
-            where=_where(policy),
-            effective=driver.effective_value,
-        )
+    plan_input = PlanInput(
+        desired=policy.groups,
+        observed=observed,
+        capabilities=capabilities,
+        last_applied=state.last_applied,
+        owned=frozenset(state.created),
+        prune=prune,
+        on_unsupported=policy.on_unsupported,
+        where=_where(policy),
+        effective=driver.effective_value,
     )
+    plan = make_plan(plan_input)
+    lowered = memory_lowered(plan, observed)
+    if lowered:
+        again = await driver.observe(lowered, {path: () for path in lowered}, state=(), usage=lowered)
+        for path in lowered:
+            observed[path].memory_current = again[path].memory_current
+        plan = make_plan(plan_input)
     timings = {
         "probe": probed - started,
         "observe": observed_at - probed,

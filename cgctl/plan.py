@@ -400,6 +400,24 @@ def make_plan(inp: PlanInput) -> Plan:
     return plan
 
 
+def memory_lowered(plan: Plan, observed: Mapping[GroupPath, ObservedGroup]) -> list[GroupPath]:
+    """Existing groups whose memory.max the plan lowers (to a finite value below the current one): the
+    only ones whose memory usage the planner's reclaim warning needs."""
+    out: list[GroupPath] = []
+    for op in plan.ops:
+        if op.kind is not OpKind.SET or op.key is None or split_key(op.key)[0] is not Knob.MEMORY_MAX:
+            continue
+        seen = observed.get(op.path)
+        if (
+            seen is not None
+            and seen.exists
+            and isinstance(op.new, int)
+            and _as_limit(op.new) < _as_limit(op.old)
+        ):
+            out.append(op.path)
+    return out
+
+
 def keys_to_observe(
     desired: Mapping[GroupPath, DesiredGroup],
     last_applied: Mapping[GroupPath, frozenset[SettingKey]],

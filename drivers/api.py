@@ -400,12 +400,15 @@ class Driver(abc.ABC):
         keys: Mapping[GroupPath, Collection[SettingKey]],
         *,
         state: Collection[GroupPath] | None = None,
+        usage: Collection[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         """Read the groups' state; ``keys`` says which settings to read for each path (others may be
         read too). Missing groups come back with ``exists=False``. The managed root ``()`` is always
         included in the result. ``state`` names the groups whose frozen/populated flags the caller
         needs (None: all); a driver may skip those reads for the others, whose flags then say False
-        (a re-apply of 1000 unchanged v1 groups reads ~2000 files fewer)."""
+        (a re-apply of 1000 unchanged v1 groups reads ~2000 files fewer). ``usage`` likewise names the
+        groups whose ``memory_current`` the caller needs (None: every group whose memory limits are
+        read); the others may say None."""
 
     @abc.abstractmethod
     async def create(self, path: GroupPath) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from drivers.api import (
@@ -241,6 +241,15 @@ def check_not_systemd_owned(trees: Sequence[Tree], parts: tuple[str, ...]) -> No
         "unit with Delegate=yes and put the root inside it",
         target=where,
     )
+
+
+def usage_wanted(
+    path: GroupPath, wanted: Collection[SettingKey], usage: Collection[GroupPath] | None
+) -> bool:
+    """Whether an observe reads the group's memory usage (see Driver.observe's ``usage``)."""
+    if usage is not None:
+        return path in usage
+    return any(k in MEMORY_USAGE_KEYS for k in wanted)
 
 
 def missing_parent(seen: Mapping[GroupPath, ObservedGroup], path: GroupPath) -> bool:

@@ -139,11 +139,13 @@ class CgroupfsDriver(Driver):
         keys: Mapping[GroupPath, Collection[SettingKey]],
         *,
         state: Collection[GroupPath] | None = None,
+        usage: Collection[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         wanted = list(paths)
         self._fresh.clear()
         with_state = None if state is None else frozenset(state)
-        return await self._blocking(lambda: self._get_ops().observe(wanted, keys, with_state))
+        with_usage = None if usage is None else frozenset(usage)
+        return await self._blocking(lambda: self._get_ops().observe(wanted, keys, with_state, with_usage))
 
     async def _quick(self, call: Callable[[], None]) -> None:
         """Run a write the kernel finishes in microseconds on the loop's own thread.

@@ -36,7 +36,6 @@ from drivers.api import (
 )
 from drivers.cgroupfs import v1
 from drivers.cgroupfs.common import (
-    MEMORY_USAGE_KEYS,
     WriteContext,
     apply_writes,
     check_not_systemd_owned,
@@ -47,6 +46,7 @@ from drivers.cgroupfs.common import (
     rmdir_with_retry,
     root_parts,
     stale_retry,
+    usage_wanted,
     write_is_quick,
     write_pid,
 )
@@ -85,6 +85,7 @@ class V1Ops:
         # (hierarchy, group) → files of a group this apply created that nothing has written yet: they
         # still hold v1.NEW_GROUP_FILES (the first write of each need not read it). Forgotten at observe.
         self._untouched: dict[tuple[str, GroupPath], set[str]] = {}
+        self._read_plans: dict[frozenset[SettingKey], list[tuple[Tree, list[SettingKey]]]] = {}
         # every distinct tree, primary first
         self.trees: list[Tree] = [self.primary, *(t for t in by_mount.values() if t is not self.primary)]
         # serializes the writes that use the trees' cached directory handles
@@ -111,6 +112,7 @@ class V1Ops:
         paths: Iterable[GroupPath],
         keys: Mapping[GroupPath, Collection[SettingKey]],
         state: frozenset[GroupPath] | None = None,
+        usage: frozenset[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         self._cloning.clear()
         self._untouched.clear()
@@ -118,8 +120,9 @@ class V1Ops:
         order = list(dict.fromkeys([(), *paths]))
         observed = Observed(order)
         for path in order:
+            wanted = keys.get(path, ())
             out[path] = self._observe_one(
-                path, keys.get(path, ()), observed, state is None or path in state, out
+                path, wanted, observed, state is None or path in state, usage_wanted(path, wanted, usage), out
             )
         # a group is populated when it or any descendant holds processes
         for path, seen in out.items():
@@ -130,48 +133,55 @@ class V1Ops:
                         ancestor.populated = True
         return out
 
+    def _reads_for(self, wanted: Collection[SettingKey]) -> list[tuple[Tree, list[SettingKey]]]:
+        """Which of ``wanted`` to read in which hierarchy (primary first). Computed once per distinct
+        key set: the groups of a policy mostly share one, and observe asks for every group."""
+        cache_key = wanted if isinstance(wanted, frozenset) else frozenset(wanted)
+        reads = self._read_plans.get(cache_key)
+        if reads is None:
+            by_tree: dict[int, list[SettingKey]] = {}
+            for key in wanted:
+                spec = v1.TABLE.get(split_key(key)[0])
+                if spec is not None and spec.controller in self.tree_for:
+                    by_tree.setdefault(id(self.tree_for[spec.controller]), []).append(key)
+            reads = [(tree, by_tree[id(tree)]) for tree in self.trees if id(tree) in by_tree]
+            self._read_plans[cache_key] = reads
+        return reads
+
     def _observe_one(
         self,
         path: GroupPath,
         wanted: Collection[SettingKey],
         observed: Observed,
         with_state: bool,
+        with_usage: bool,
         out: Mapping[GroupPath, ObservedGroup],
     ) -> ObservedGroup:
         gd = None if missing_parent(out, path) else self.primary.try_open(path)
         if gd is None:
             return ObservedGroup(exists=False, display=self.primary.display(path))
-        # one open directory per hierarchy, opened only when something is read there (plain list and
-        # try/finally: an ExitStack per group cost more than the reads on a 1000-group observe)
-        dirs: dict[int, GroupDir | None] = {id(self.primary): gd}
+        # One open directory per hierarchy, opened only when something is read there (a plain dict and
+        # try/finally: an ExitStack per group cost more than the reads on a 1000-group observe).
+        dirs: dict[Tree, GroupDir | None] = {self.primary: gd}
         try:
-
-            def dir_in(tree: Tree) -> GroupDir | None:
-                key = id(tree)
-                if key not in dirs:
-                    dirs[key] = tree.try_open(path)
-                return dirs[key]
-
-            by_tree: dict[int, list[SettingKey]] = {}
-            for key in wanted:
-                spec = v1.TABLE.get(split_key(key)[0])
-                if spec is not None and spec.controller in self.tree_for:
-                    by_tree.setdefault(id(self.tree_for[spec.controller]), []).append(key)
             values: dict[SettingKey, Value] = {}
-            for tree in self.trees:
-                if id(tree) in by_tree and (d := dir_in(tree)) is not None:
-                    values.update(read_values(d, by_tree[id(tree)], v1.TABLE))
+            for tree, tree_keys in self._reads_for(wanted):
+                d = dirs[tree] if tree in dirs else dirs.setdefault(tree, tree.try_open(path))
+                if d is not None:
+                    values.update(read_values(d, tree_keys, v1.TABLE))
             frozen = self_frozen = False
             freezer = self.tree_for.get("freezer")
-            if with_state and freezer is not None and (fd := dir_in(freezer)) is not None:
-                state = (fd.read_optional("freezer.state") or "").strip()
-                frozen = state == "FROZEN"
-                if state != "THAWED":  # FROZEN or FREEZING: by its own request or its parent's?
-                    self_frozen = (fd.read_optional("freezer.self_freezing") or "0").strip() == "1"
+            if with_state and freezer is not None:
+                fd = dirs[freezer] if freezer in dirs else dirs.setdefault(freezer, freezer.try_open(path))
+                if fd is not None:
+                    state = (fd.read_optional("freezer.state") or "").strip()
+                    frozen = state == "FROZEN"
+                    if state != "THAWED":  # FROZEN or FREEZING: by its own request or its parent's?
+                        self_frozen = (fd.read_optional("freezer.self_freezing") or "0").strip() == "1"
             current = None
             memory = self.tree_for.get("memory")
-            if memory is not None and any(k in MEMORY_USAGE_KEYS for k in wanted):
-                md = dir_in(memory)
+            if with_usage and memory is not None:
+                md = dirs[memory] if memory in dirs else dirs.setdefault(memory, memory.try_open(path))
                 text = md.read_optional("memory.usage_in_bytes") if md is not None else None
                 current = int(text) if text and text.strip().isdigit() else None
             return ObservedGroup(

@@ -28,7 +28,6 @@ from drivers.api import (
 )
 from drivers.cgroupfs import v2
 from drivers.cgroupfs.common import (
-    MEMORY_USAGE_KEYS,
     UNIT_SUFFIXES,
     WriteContext,
     apply_writes,
@@ -42,6 +41,7 @@ from drivers.cgroupfs.common import (
     rmdir_with_retry,
     root_parts,
     stale_retry,
+    usage_wanted,
     write_is_quick,
     write_pid,
 )
@@ -76,6 +76,7 @@ class V2Ops:
         paths: Iterable[GroupPath],
         keys: Mapping[GroupPath, Collection[SettingKey]],
         state: frozenset[GroupPath] | None = None,
+        usage: frozenset[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         out: dict[GroupPath, ObservedGroup] = {}
         for path in dict.fromkeys([(), *paths]):
@@ -88,7 +89,7 @@ class V2Ops:
                 with_state = state is None or path in state
                 events = parse_flat_keyed(gd.read_optional("cgroup.events")) if with_state else {}
                 current = None
-                if any(k in MEMORY_USAGE_KEYS for k in wanted):
+                if usage_wanted(path, wanted, usage):
                     text = gd.read_optional("memory.current")
                     current = int(text) if text and text.strip().isdigit() else None
                 out[path] = ObservedGroup(

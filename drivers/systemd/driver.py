@@ -288,6 +288,7 @@ class SystemdDriver(Driver):
         keys: Mapping[GroupPath, Collection[SettingKey]],
         *,
         state: Collection[GroupPath] | None = None,  # one GetAll per unit reads it anyway
+        usage: Collection[GroupPath] | None = None,  # likewise (MemoryCurrent)
     ) -> dict[GroupPath, ObservedGroup]:
         wanted = dict.fromkeys([(), *paths])
         results = await asyncio.gather(*(self._observe_one(path, keys.get(path, ())) for path in wanted))

@@ -53,6 +53,7 @@ class RecordingDriver(Driver):
         keys: Mapping[GroupPath, Collection[SettingKey]],
         *,
         state: Collection[GroupPath] | None = None,
+        usage: Collection[GroupPath] | None = None,
     ) -> dict[GroupPath, ObservedGroup]:
         return {p: ObservedGroup(exists=p in self.groups, values=dict(self.groups.get(p, {}))) for p in paths}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cgctl.plan import OpKind, PlanInput, Severity, make_plan
+from cgctl.plan import OpKind, PlanInput, Severity, make_plan, memory_lowered
 from drivers.api import (
     Capabilities,
     CgroupMode,
@@ -204,6 +204,28 @@ def test_lowering_memory_max_below_usage_warns_before_applying() -> None:
     observed[("g",)].memory_current = 50 << 20
     plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
     assert any("below current usage" in w.message for w in plan.warnings)
+
+
+def test_memory_usage_is_needed_only_where_an_existing_limit_goes_down() -> None:
+    desired = {
+        ("down",): Group({"memory.max": 10 << 20}),  # from 20M: usage decides whether it reclaims
+        ("from-max",): Group({"memory.max": 10 << 20}),  # from no limit at all: likewise
+        ("up",): Group({"memory.max": 30 << 20}),  # raising never reclaims
+        ("same",): Group({"memory.max": 20 << 20}),  # no write at all
+        ("lifted",): Group({"memory.max": None}),
+        ("new",): Group({"memory.max": 10 << 20}),  # created by this apply: empty
+    }
+    observed = observed_as(
+        {
+            ("down",): Group({"memory.max": 20 << 20}),
+            ("from-max",): Group({"memory.max": None}),
+            ("up",): Group({"memory.max": 20 << 20}),
+            ("same",): Group({"memory.max": 20 << 20}),
+            ("lifted",): Group({"memory.max": 20 << 20}),
+        }
+    )
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert memory_lowered(plan, observed) == [("down",), ("from-max",)]
 
 
 def test_freeze_comes_last_and_thaw_only_when_self_frozen() -> None:
