@@ -144,6 +144,7 @@ def main() -> None:
         env = dict(
             os.environ,
             CGCTL_STATE_DIR=str(tmp / "state"),
+            CGCTL_CACHE_DIR=str(tmp / "cache"),
             CGCTL_RUN_DIR=str(tmp / "run"),
             CGCTL_AGENT_SOCKET=str(tmp / "none.sock"),
         )

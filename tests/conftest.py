@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -140,6 +141,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker, probe in ENVIRONMENT_PROBES.items():
         if item.get_closest_marker(marker) is not None and (reason := probe()) is not None:
             pytest.skip(f"{marker}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The policy cache: the session's own (never /var/cache/cgctl), inherited by every cgctl it starts
+# --------------------------------------------------------------------------------------------------
+
+_SESSION_CACHE: tempfile.TemporaryDirectory[str] | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _SESSION_CACHE
+    if "CGCTL_CACHE_DIR" not in os.environ:
+        _SESSION_CACHE = tempfile.TemporaryDirectory(prefix="cgctl-test-cache-")
+        os.environ["CGCTL_CACHE_DIR"] = _SESSION_CACHE.name
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_CACHE is not None:
+        _SESSION_CACHE.cleanup()
 
 
 # --------------------------------------------------------------------------------------------------

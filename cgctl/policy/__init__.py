@@ -42,9 +42,21 @@ def load_policy(
     """Load and validate a policy file and its includes; raises :class:`PolicyError` listing every
     problem. ``resolve_device`` maps an io.max ``device:`` to the whole disk's ``MAJ:MIN``
     (default: :func:`cgctl.devices.resolve_device` on this host); it raises ValueError for unknown ones."""
-    from cgctl.policy import loader
+    from cgctl.policy import cache
 
-    return loader.load_policy(path, resolve_device=resolve_device)
+    file = os.fspath(path)
+    if resolve_device is None:  # the host's devices: what the cache checks entries against
+        from cgctl.devices import resolve_device as host_resolver
+
+        cached = cache.lookup(file, host_resolver)
+        if cached is not None:
+            return cached
+    from cgctl.policy import loader  # PyYAML and the schema: only when the text must be parsed
+
+    policy, inputs = loader.load_policy_and_inputs(file, resolve_device=resolve_device)
+    if resolve_device is None:
+        cache.store(file, policy, inputs)
+    return policy
 
 
 def parse_policy_text(

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cgctl import units
+from cgctl.policy.cache import Inputs, digest
+from cgctl.policy.files import policy_files_in, read_text
 from cgctl.policy.models import GroupModel, PolicyFileModel, SchemaIssue, validate_file
 from cgctl.policy.names import MAX_DEPTH
 from cgctl.policy.source import Loc, Source, dotted, parse_source_safe
@@ -46,19 +48,25 @@ _ORDER_EFFECT = {
     "low": ": the extra protection cannot be used",
     "high": ", so it never takes effect",
 }
-_POLICY_SUFFIXES = (".yaml", ".yml")
 _SHARED_KEYS = ("version", "driver", "root", "on_unsupported")
 
 
 def load_policy(path: str | os.PathLike[str], *, resolve_device: DeviceResolver | None = None) -> Policy:
     """Load a policy file and everything it includes. Raises PolicyError with every problem found."""
+    return load_policy_and_inputs(path, resolve_device=resolve_device)[0]
+
+
+def load_policy_and_inputs(
+    path: str | os.PathLike[str], *, resolve_device: DeviceResolver | None = None
+) -> tuple[Policy, Inputs]:
+    """:func:`load_policy`, and what the policy was made from (for :mod:`cgctl.policy.cache`)."""
     file = os.fspath(path)
     loader = _Loader(resolve_device)
     text = loader.read(file, None)
     if text is None:
         raise PolicyError(loader.errors)
     with _cyclic_gc_paused():
-        return loader.run(text, file)
+        return loader.run(text, file), loader.inputs
 
 
 def parse_policy_text(text: str, filename: str, *, resolve_device: DeviceResolver | None = None) -> Policy:
@@ -97,13 +105,15 @@ class _Loader:
         self.main: PolicyFileModel | None = None
         self.main_source: Source | None = None
         self.main_valid = False
+        self.inputs = Inputs()  # what this load read, for the policy cache
 
     # -- files -------------------------------------------------------------------------------------
 
     def read(self, file: str, ref: SourceRef | None, field_: str = "") -> str | None:
         try:
-            with open(file, encoding="utf-8") as handle:
-                return handle.read()
+            text = read_text(file)
+            self.inputs.files[file] = digest(text)
+            return text
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             where = ref or SourceRef(file, 1, 1)
@@ -188,17 +198,11 @@ class _Loader:
         path = os.path.normpath(os.path.join(os.path.dirname(file), os.path.expanduser(target)))
         if os.path.isdir(path):
             try:
-                names = sorted(os.listdir(path))
+                files = policy_files_in(path)
             except OSError as exc:
                 self.errors.append(PolicyIssue.at(ref, field_, f"cannot read {path}: {exc.strerror}"))
                 return
-            files = [
-                os.path.join(path, name)
-                for name in names
-                if name.endswith(_POLICY_SUFFIXES)
-                and not name.startswith(".")
-                and os.path.isfile(os.path.join(path, name))
-            ]
+            self.inputs.directories[path] = files
         elif os.path.exists(path):
             files = [path]
         else:
@@ -369,6 +373,8 @@ class _Loader:
             except OSError as exc:
                 cached = ValueError(f"{spec}: {exc.strerror or exc}")
             self.devices[spec] = cached
+            if isinstance(cached, str):
+                self.inputs.devices[spec] = cached
         return cached
 
     def check_cpuset_within_parent(
