@@ -101,14 +101,15 @@ class Op:
 
     def describe(self, driver: Describer | None = None) -> str:
         """One plan line; with a driver, in its terms (a file path, or a unit and its properties)."""
-        where = format_path(self.path)
         if self.kind in (OpKind.SET, OpKind.RESET) and self.key is not None:
             if driver is None:
+                where = format_path(self.path)
                 return (
                     f"{self.kind:<6} {where} {self.key}: {format_value(self.old)} -> {format_value(self.new)}"
                 )
             old, new = driver.describe_value(self.key, self.old), driver.describe_value(self.key, self.new)
             return f"{self.kind:<6} {driver.target_of(self.path, self.key)}: {old} -> {new}"
+        where = format_path(self.path)
         if self.kind is OpKind.ENABLE:
             return f"{self.kind:<6} {where} subtree_control: +{' +'.join(sorted(self.controllers))}"
         return f"{self.kind:<6} {where}"
@@ -209,6 +210,9 @@ def _as_limit(value: Value) -> float:
 
 
 def _order_settings(ops: list[Op]) -> list[Op]:
+    if len(ops) < 2:
+        return ops
+
     def rank(op: Op) -> tuple[int, str]:
         assert op.key is not None
         knob, _ = split_key(op.key)
@@ -244,10 +248,10 @@ def _cpuset_steps(op: Op, shrinking: list[Op]) -> list[Op]:
 
 
 def _check_value(
-    inp: PlanInput, path: GroupPath, key: SettingKey, value: Value, issues: list[PlanIssue]
+    inp: PlanInput, path: GroupPath, key: SettingKey, knob: Knob, value: Value, issues: list[PlanIssue]
 ) -> bool:
-    """Host-dependent checks of one desired setting. Returns False when it must be left out."""
-    knob, _ = split_key(key)
+    """Host-dependent checks of one desired setting (``knob`` is the key's). Returns False when it must
+    be left out."""
     caps = inp.capabilities
     reason = caps.unsupported.get(knob)
     if reason is None and caps.needs_subtree_control and knob.controller not in caps.controllers:
@@ -296,21 +300,22 @@ def make_plan(inp: PlanInput) -> Plan:
         ops: list[Op] = []
         controllers: set[str] = set()
         for key, value in spec.resources.items():
-            if not _check_value(inp, path, key, value, plan.issues):
+            knob = split_key(key)[0]
+            if not _check_value(inp, path, key, knob, value, plan.issues):
                 continue
-            controllers.add(split_key(key)[0].controller)
-            want = inp.effective(key, value)
-            # A group about to be created starts with the kernel's defaults: show those as "before".
-            old = now.values.get(key) if now.exists else KERNEL_DEFAULTS[split_key(key)[0]]
-            if not now.exists or key not in now.values or now.values[key] != want:
-                op = Op(OpKind.SET, path, key, old, value)
-                if caps.cpuset_within_parent and now.exists:
+            controllers.add(knob.controller)
+            if not now.exists:
+                # A group about to be created starts with the kernel's defaults: show those as "before".
+                ops.append(Op(OpKind.SET, path, key, KERNEL_DEFAULTS[knob], value))
+            elif key not in now.values or now.values[key] != inp.effective(key, value):
+                op = Op(OpKind.SET, path, key, now.values.get(key), value)
+                if caps.cpuset_within_parent:
                     ops.extend(_cpuset_steps(op, shrinking))
                 else:
                     ops.append(op)
             if (
-                split_key(key)[0] is Knob.MEMORY_MAX
-                and now.memory_current is not None
+                now.memory_current is not None
+                and knob is Knob.MEMORY_MAX
                 and value is not None
                 and isinstance(value, int)
                 and value < now.memory_current

@@ -129,7 +129,8 @@ class CgroupfsDriver(Driver):
         if isinstance(ops, V1Ops) and knob in v1.TABLE:
             tree = ops.tree_for.get(v1.TABLE[knob].controller)
             if tree is not None:
-                return " + ".join(f"{tree.display(path)}/{file}" for file in v1.TABLE[knob].files)
+                base = tree.display(path)
+                return " + ".join([f"{base}/{file}" for file in v1.TABLE[knob].files])
             return f"{ops.display(path)} ({knob.value}: hierarchy not mounted)"
         return f"{ops.display(path)}/{knob.value}"
 
