@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Benchmark: ``cgctl apply`` of N new groups (cpu + memory + pids limits), whole process, against
 
-* a raw Python script doing the very same mkdir/write syscalls (os.mkdir + os.open/os.write), and
+* a raw Python script doing the very same mkdir/write syscalls (os.mkdir + os.open/os.write; on v1 it
+  also prepares its root's cpuset as cgctl does, so its cpuset groups can hold tasks too), and
 * libcgroup's ``cgconfigparser`` (Debian ``cgroup-tools``) creating the same groups with the same limits,
 
 all measured in the same run, alternating, median of R rounds. Also: a re-apply of the unchanged policy
-(time, and the number of write operations it performed: must be zero) and ``cgctl freeze``/``thaw``
-whole-process latency. Prints figures and ratios; creates groups only under its own unique root and
-always removes them.
+(time, and the number of write operations it performed: must be zero), once as it normally runs (the
+validated policy comes from cgctl's cache, written by the first apply) and once "cold" (an empty cache
+directory: PyYAML, parse and schema walk included), and ``cgctl freeze``/``thaw`` whole-process
+latency. Prints figures and ratios; creates groups only under its own unique root and always removes
+them.
 
 Usage (as root): .venv/bin/python bench/bench_apply.py [--sizes 100,1000,5000] [--rounds 3]
 """
@@ -82,6 +85,12 @@ if mode == "v2":
 else:
     for h in hierarchies:
         os.mkdir(f"/sys/fs/cgroup/{h}/{root}")
+    if "cpuset" in hierarchies:
+        # what cgctl does to its root so that new cpuset groups can hold tasks: the parent's cpus and
+        # mems, and clone_children (the kernel then copies them into every new child)
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            put(f"/sys/fs/cgroup/cpuset/{root}/{f}", open(f"/sys/fs/cgroup/cpuset/{f}").read().strip())
+        put(f"/sys/fs/cgroup/cpuset/{root}/cgroup.clone_children", "1")
     for i in range(n):
         for h in hierarchies:
             os.mkdir(f"/sys/fs/cgroup/{h}/{root}/g{i}")
@@ -137,7 +146,7 @@ def main() -> None:
     print(f"# cgctl apply benchmark — cgroup {mode}, kernel {os.uname().release}, {os.cpu_count()} CPUs")
     print(
         f"{'N':>6} {'cgctl s':>9} {'raw s':>8} {'cgconf s':>9} {'cgctl/raw':>10} {'cgconf/cgctl':>13} "
-        f"{'reapply s':>10} {'reapply ops':>12}"
+        f"{'reapply s':>10} {'cold s':>7} {'reapply ops':>12}"
     )
     with tempfile.TemporaryDirectory(prefix="cgctl-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -153,6 +162,7 @@ def main() -> None:
             t_raw: list[float] = []
             t_conf: list[float] = []
             t_re: list[float] = []
+            t_cold: list[float] = []
             reapply_ops = -1
             for _ in range(args.rounds):
                 root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
@@ -167,6 +177,11 @@ def main() -> None:
                     t_re.append(elapsed)
                     report = json.loads(proc.stdout)
                     reapply_ops = len(report["plan"]["ops"]) + (report["result"] or {}).get("steps_done", 0)
+                    cold_env = dict(env, CGCTL_CACHE_DIR=str(tmp / f"cold-{uuid.uuid4().hex[:8]}"))
+                    elapsed, proc = cgctl(cold_env, "apply", str(policy), "--output", "json")
+                    t_cold.append(elapsed)
+                    report = json.loads(proc.stdout)
+                    reapply_ops += len(report["plan"]["ops"]) + (report["result"] or {}).get("steps_done", 0)
                 finally:
                     kernel.remove_tree(root)
                 root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
@@ -185,7 +200,8 @@ def main() -> None:
             m_conf = statistics.median(t_conf) if t_conf else float("nan")
             print(
                 f"{n:>6} {m_cgctl:>9.3f} {m_raw:>8.3f} {m_conf:>9.3f} {m_cgctl / m_raw:>10.2f} "
-                f"{m_conf / m_cgctl:>13.2f} {statistics.median(t_re):>10.3f} {reapply_ops:>12}"
+                f"{m_conf / m_cgctl:>13.2f} {statistics.median(t_re):>10.3f} "
+                f"{statistics.median(t_cold):>7.3f} {reapply_ops:>12}"
             )
         freeze_latency(env, tmp)
 
