@@ -9,10 +9,11 @@ with everything the result depends on, and uses it only when all of it is unchan
 * what every ``io.max`` device resolved to (resolved again and compared: device numbers can change);
 * this cgctl: its version and the size and mtime of the modules that parse and validate.
 
-One entry per main policy path, in ``/var/cache/cgctl/policy`` (``CGCTL_CACHE_DIR`` overrides).
-Entries are pickles, so one is read only from a directory and a file owned by the current user and
-writable by nobody else. Only valid policies are stored. Anything unexpected (a missing, foreign,
-corrupt or stale entry, an unwritable directory) means a normal parse, never an error.
+One entry per main policy path (and working directory, for a relative one), in
+``/var/cache/cgctl/policy`` (``CGCTL_CACHE_DIR`` overrides). Entries are pickles, so one is read only
+from a directory and a file owned by the current user and writable by nobody else. Only valid policies
+are stored. Anything unexpected (a missing, foreign, corrupt or stale entry, an unwritable directory)
+means a normal parse, never an error.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ def cache_dir() -> str:
 
 
 def _entry_path(file: str) -> str:
-    name = hashlib.sha256(os.path.abspath(file).encode("utf-8", "surrogateescape")).hexdigest()
+    # A relative path is kept with its working directory: the entry records the paths of the files it
+    # read as the loader saw them (relative ones too), and its messages name them that way.
+    where = file if os.path.isabs(file) else f"{os.getcwd()}\0{file}"
+    name = hashlib.sha256(where.encode("utf-8", "surrogateescape")).hexdigest()
     return os.path.join(cache_dir(), f"{name}.pickle")
 
 

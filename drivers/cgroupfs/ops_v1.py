@@ -85,6 +85,7 @@ class V1Ops:
         # (hierarchy, group) → files of a group this apply created that nothing has written yet: they
         # still hold v1.NEW_GROUP_FILES (the first write of each need not read it). Forgotten at observe.
         self._untouched: dict[tuple[str, GroupPath], set[str]] = {}
+        # key set → (hierarchy, keys) to read there, for observe (few distinct sets: one per group shape)
         self._read_plans: dict[frozenset[SettingKey], list[tuple[Tree, list[SettingKey]]]] = {}
         # every distinct tree, primary first
         self.trees: list[Tree] = [self.primary, *(t for t in by_mount.values() if t is not self.primary)]
@@ -166,13 +167,13 @@ class V1Ops:
         try:
             values: dict[SettingKey, Value] = {}
             for tree, tree_keys in self._reads_for(wanted):
-                d = dirs[tree] if tree in dirs else dirs.setdefault(tree, tree.try_open(path))
+                d = _dir_in(dirs, tree, path)
                 if d is not None:
                     values.update(read_values(d, tree_keys, v1.TABLE))
             frozen = self_frozen = False
             freezer = self.tree_for.get("freezer")
             if with_state and freezer is not None:
-                fd = dirs[freezer] if freezer in dirs else dirs.setdefault(freezer, freezer.try_open(path))
+                fd = _dir_in(dirs, freezer, path)
                 if fd is not None:
                     state = (fd.read_optional("freezer.state") or "").strip()
                     frozen = state == "FROZEN"
@@ -181,7 +182,7 @@ class V1Ops:
             current = None
             memory = self.tree_for.get("memory")
             if with_usage and memory is not None:
-                md = dirs[memory] if memory in dirs else dirs.setdefault(memory, memory.try_open(path))
+                md = _dir_in(dirs, memory, path)
                 text = md.read_optional("memory.usage_in_bytes") if md is not None else None
                 current = int(text) if text and text.strip().isdigit() else None
             return ObservedGroup(
@@ -505,6 +506,13 @@ def populated(gd: GroupDir, observed: Observed | None = None) -> bool:
             if populated(child, observed):
                 return True
     return False
+
+
+def _dir_in(dirs: dict[Tree, GroupDir | None], tree: Tree, path: GroupPath) -> GroupDir | None:
+    """The group's directory in ``tree``, opened on first use (None: not there)."""
+    if tree not in dirs:
+        dirs[tree] = tree.try_open(path)
+    return dirs[tree]
 
 
 def _bfq_offered() -> bool:

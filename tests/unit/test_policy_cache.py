@@ -120,6 +120,25 @@ def test_a_corrupt_entry_means_a_parse_not_an_error(setup: Path, monkeypatch: py
     assert len(parses) == 1
 
 
+def test_a_relative_path_is_cached_per_working_directory(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Included files are recorded as the loader reached them (relative to the working directory for a
+    relative main path), so the same relative name elsewhere is another policy."""
+    other = setup / "other"
+    (other / "policy.d").mkdir(parents=True)
+    (other / "policy.d" / "batch.yaml").write_text("groups:\n  batch: {pids: {max: 9}}\n")
+    (other / "policy.yaml").write_text(POLICY)
+    parses = _parses(monkeypatch)
+    monkeypatch.chdir(setup)
+    assert load_policy("policy.yaml").groups[("batch",)].resources["pids.max"] == 5
+    monkeypatch.chdir(other)
+    assert load_policy("policy.yaml").groups[("batch",)].resources["pids.max"] == 9
+    monkeypatch.chdir(setup)
+    assert load_policy("policy.yaml").groups[("batch",)].resources["pids.max"] == 5
+    assert len(parses) == 2
+
+
 def test_an_invalid_policy_is_never_cached(setup: Path) -> None:
     (setup / "policy.yaml").write_text(POLICY.replace("weight: 200", "weight: lots"))
     for _ in range(2):
