@@ -281,6 +281,36 @@ def _check_value(
     return True
 
 
+def _check_swap_needs_memory_limit(
+    inp: PlanInput, path: GroupPath, spec: DesiredGroup, now: ObservedGroup, issues: list[PlanIssue]
+) -> None:
+    """A finite swap limit where memory stays unlimited cannot be written on cgroup v1 (memsw is
+    memory + swap): an error in the plan, not a failed (and rolled back) apply."""
+    swap_key = Knob.MEMORY_SWAP_MAX.value
+    if spec.resources.get(swap_key) is None:
+        return
+    memory_key = Knob.MEMORY_MAX.value
+    if memory_key in spec.resources:
+        memory = spec.resources[memory_key]
+    elif memory_key in inp.last_applied.get(path, frozenset()) or not now.exists:
+        memory = None  # reset by this plan to the kernel default, or a new group: no memory limit
+    elif memory_key in now.values:
+        memory = now.values[memory_key]  # set outside the policy: it stays as it is
+    else:
+        return  # not observed: the write itself will tell
+    if memory is None:
+        issues.append(
+            PlanIssue(
+                Severity.ERROR,
+                path,
+                swap_key,
+                "cgroup v1 limits memory and swap together (memory.memsw.limit_in_bytes = memory + swap),"
+                " so a swap limit needs a memory.max limit too: set memory.max in this group",
+                inp.where(path, swap_key),
+            )
+        )
+
+
 def make_plan(inp: PlanInput) -> Plan:
     """Compute the ordered operations that make ``observed`` match ``desired``. Pure."""
     plan = Plan()
@@ -338,6 +368,8 @@ def make_plan(inp: PlanInput) -> Plan:
             controllers.add(knob.controller)
             if key not in now.values or now.values[key] != inp.effective(key, default):
                 ops.append(Op(OpKind.RESET, path, key, now.values.get(key), default))
+        if caps.swap_needs_memory_limit:
+            _check_swap_needs_memory_limit(inp, path, spec, now, plan.issues)
         if spec.frozen is not None and not caps.can_freeze:
             plan.issues.append(
                 PlanIssue(
@@ -427,12 +459,15 @@ def keys_to_observe(
     desired: Mapping[GroupPath, DesiredGroup],
     last_applied: Mapping[GroupPath, frozenset[SettingKey]],
 ) -> dict[GroupPath, frozenset[SettingKey]]:
-    """Which settings the planner will compare, per group: the desired ones and the last-applied ones."""
+    """Which settings the planner will compare, per group: the desired ones and the last-applied ones
+    (and memory.max beside a swap limit, which on v1 needs one)."""
     out: dict[GroupPath, frozenset[SettingKey]] = {}
     for path in {*desired, *last_applied}:
         keys = set(last_applied.get(path, frozenset()))
         if path in desired:
             keys.update(desired[path].resources)
+        if Knob.MEMORY_SWAP_MAX.value in keys:
+            keys.add(Knob.MEMORY_MAX.value)  # where swap needs a memory limit (v1), the planner checks it
         out[path] = frozenset(keys)
     return out
 

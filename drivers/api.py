@@ -222,6 +222,9 @@ class Capabilities:
     # v1: the kernel refuses (EBUSY) any cpuset write that leaves a child's cpus/mems outside its
     # parent's, so narrowing is planned children-first (v2 just intersects with the parent).
     cpuset_within_parent: bool = False
+    # v1: memory and swap are limited together (memory.memsw.limit_in_bytes = memory + swap), so a
+    # finite swap limit needs a finite memory limit beside it.
+    swap_needs_memory_limit: bool = False
     # Controllers the managed root can get (v2: the root's parent's cgroup.controllers; v1: mounted).
     controllers: frozenset[str] = frozenset()
     can_freeze: bool = True

@@ -465,6 +465,7 @@ class V1Ops:
             unsupported=unsupported,
             needs_subtree_control=False,
             cpuset_within_parent=True,
+            swap_needs_memory_limit=True,
             controllers=controllers,
             can_freeze="freezer" in self.tree_for,
             online_cpus=CpuList.parse(online_list("/sys/devices/system/cpu/online", "0")),

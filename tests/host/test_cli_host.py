@@ -3,6 +3,7 @@ plus rollback after failures only v1 produces."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -102,3 +103,35 @@ groups:
     assert "the tree is as it was before" in proc.stderr
     assert snapshot(env.root) == before
     assert hog.poll() is None, "apply must never kill processes"
+
+
+def test_a_swap_limit_without_a_memory_limit_is_refused_before_anything_is_written(env: Env) -> None:
+    """v1 limits memory+swap as one file: `swap_max: 0` alone cannot be written, and the plan says so
+    (exit 2, FILE:LINE, nothing created) instead of failing and rolling back mid-apply."""
+    if not os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"):
+        pytest.skip("swap accounting is off on this host (no memory.memsw.*)")
+    policy = env.policy(
+        """
+groups:
+  web:
+    pids: {max: 10}
+    memory:
+      swap_max: 0
+"""
+    )
+    proc = env.cgctl("apply", str(policy), check=2)
+    assert f"{policy}:9:17: groups.web.memory.swap_max" in proc.stderr, proc.stderr
+    assert "needs a memory.max limit" in proc.stderr
+    assert not kernel.exists(env.root)
+    fixed = env.policy(
+        """
+groups:
+  web:
+    pids: {max: 10}
+    memory: {max: 64M, swap_max: 0}
+""",
+        name="fixed.yaml",
+    )
+    env.cgctl("apply", str(fixed))
+    memsw = kernel.v1_dir("memory", env.root, "web") + "/memory.memsw.limit_in_bytes"
+    assert kernel.read(memsw) == str(64 << 20)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cgctl.plan import OpKind, PlanInput, Severity, make_plan, memory_lowered
+from cgctl.plan import OpKind, PlanInput, Severity, keys_to_observe, make_plan, memory_lowered
 from drivers.api import (
     Capabilities,
     CgroupMode,
@@ -226,6 +226,56 @@ def test_memory_usage_is_needed_only_where_an_existing_limit_goes_down() -> None
     )
     plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
     assert memory_lowered(plan, observed) == [("down",), ("from-max",)]
+
+
+V1_SWAP = Capabilities(
+    driver="test",
+    mode=CgroupMode.HYBRID,
+    swap_needs_memory_limit=True,
+    controllers=frozenset({"memory"}),
+)
+
+
+def test_on_v1_a_swap_limit_without_a_memory_limit_is_a_plan_error() -> None:
+    swap, memory = "memory.swap.max", "memory.max"
+    desired = {
+        ("new-swap-only",): Group({swap: 0}),  # a new group has no memory limit
+        ("explicit-max",): Group({memory: None, swap: 64 << 20}),
+        ("both",): Group({memory: 256 << 20, swap: 0}),  # fine
+        ("kept-limit",): Group({swap: 0}),  # memory.max set outside the policy stays: fine
+        ("unlimited",): Group({swap: 0}),  # observed without a memory limit
+        ("reset",): Group({swap: 0}),  # memory.max dropped from the policy goes back to max
+        ("no-swap-limit",): Group({swap: None}),  # fine
+    }
+    observed = observed_as(
+        {
+            ("kept-limit",): Group({memory: 128 << 20, swap: None}),
+            ("unlimited",): Group({memory: None, swap: None}),
+            ("reset",): Group({memory: 128 << 20, swap: 0}),
+        }
+    )
+    plan = make_plan(
+        PlanInput(
+            desired=desired,
+            observed=observed,
+            capabilities=V1_SWAP,
+            last_applied={("reset",): frozenset({memory, swap})},
+        )
+    )
+    assert sorted(issue.group for issue in plan.errors) == [
+        ("explicit-max",),
+        ("new-swap-only",),
+        ("reset",),
+        ("unlimited",),
+    ]
+    assert all(issue.key == swap and "needs a memory.max" in issue.message for issue in plan.errors)
+    v2 = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))  # v2 has memory.swap.max
+    assert not v2.errors
+
+
+def test_the_memory_limit_beside_a_swap_limit_is_observed() -> None:
+    keys = keys_to_observe({("g",): Group({"memory.swap.max": 0})}, {})
+    assert keys[("g",)] == frozenset({"memory.swap.max", "memory.max"})
 
 
 def test_freeze_comes_last_and_thaw_only_when_self_frozen() -> None:
