@@ -247,6 +247,28 @@ def _cpuset_steps(op: Op, shrinking: list[Op]) -> list[Op]:
     return [Op(OpKind.SET, op.path, op.key, old, union)]
 
 
+def _resets_under_shrinking(settings: dict[GroupPath, list[Op]], shrinking: list[Op]) -> list[Op]:
+    """Where cpusets must nest (v1), a cpuset going back to "inherit" is written as a copy of its
+    parent's list at that moment: under a parent that shrinks in this plan it must come after the
+    shrink, and a child holding CPUs outside the parent's new list first narrows to it (before the
+    parent, which the kernel otherwise refuses with EBUSY). Moves those resets out of ``settings``,
+    adds the narrowing steps to ``shrinking`` and returns the resets to run after it, parents-first."""
+    shrink_to = {(op.path, op.key): op.new for op in shrinking}
+    deferred: list[Op] = []
+    for path, ops in settings.items():
+        for op in list(ops):
+            target = shrink_to.get((path[:-1], op.key)) if path and op.kind is OpKind.RESET else None
+            if not isinstance(target, CpuList):
+                continue
+            ops.remove(op)
+            old = op.old
+            if isinstance(old, CpuList) and not set(old.ids) <= set(target.ids):
+                shrinking.append(Op(OpKind.SET, path, op.key, old, target))
+                old = target
+            deferred.append(Op(OpKind.RESET, path, op.key, old, op.new))
+    return sorted(deferred, key=lambda op: (len(op.path), op.path))
+
+
 def _check_value(
     inp: PlanInput, path: GroupPath, key: SettingKey, knob: Knob, value: Value, issues: list[PlanIssue]
 ) -> bool:
@@ -383,6 +405,8 @@ def make_plan(inp: PlanInput) -> Plan:
         settings[path] = _order_settings(ops)
         needed_here[path] = controllers
 
+    resets_after_shrinking = _resets_under_shrinking(settings, shrinking) if caps.cpuset_within_parent else []
+
     # 2. Controllers each group must enable for its descendants (v2 top-down enablement).
     enable_for: dict[GroupPath, set[str]] = {}
     if caps.needs_subtree_control:
@@ -403,8 +427,9 @@ def make_plan(inp: PlanInput) -> Plan:
             plan.ops.append(Op(OpKind.ENABLE, path, controllers=missing))
 
     # 3b. Shrinking cpusets, children-first: each child is inside its parent's new set before the
-    # parent shrinks to it.
+    # parent shrinks to it; then the resets that copy a shrunk parent's list.
     plan.ops.extend(sorted(shrinking, key=lambda op: (-len(op.path), op.path)))
+    plan.ops.extend(resets_after_shrinking)
 
     # 4. Thaws, then freezes, after every limit is in place.
     for path in all_paths:

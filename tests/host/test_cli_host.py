@@ -135,3 +135,24 @@ groups:
     env.cgctl("apply", str(fixed))
     memsw = kernel.v1_dir("memory", env.root, "web") + "/memory.memsw.limit_in_bytes"
     assert kernel.read(memsw) == str(64 << 20)
+
+
+def test_a_child_cpuset_dropped_while_its_parent_shrinks_applies(env: Env) -> None:
+    """The child goes back to inheriting (v1: a copy of the parent's list) while the parent narrows:
+    the child narrows first, the parent follows, the reset comes last (this was an EBUSY rollback)."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs CPUs 0 and 1")
+    env.cgctl(
+        "apply",
+        str(
+            env.policy('\ngroups:\n  p:\n    cpu: {cpus: "0-1"}\n    groups:\n      c: {cpu: {cpus: "1"}}\n')
+        ),
+    )
+    narrow = env.policy(
+        '\ngroups:\n  p:\n    cpu: {cpus: "0"}\n    groups:\n      c: {pids: {max: 5}}\n', "b.yaml"
+    )
+    proc = env.cgctl("apply", str(narrow))
+    assert proc.stdout.index("/p/c/cpuset.cpus: 1 -> 0") < proc.stdout.index("/p/cpuset.cpus: 0-1 -> 0")
+    assert kernel.read(kernel.v1_dir("cpuset", env.root, "p", "cpuset.cpus")) == "0"
+    assert kernel.read(kernel.v1_dir("cpuset", env.root, "p", "c", "cpuset.cpus")) == "0"
+    assert env.cgctl("diff", str(narrow)).returncode == 0

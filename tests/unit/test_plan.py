@@ -228,6 +228,32 @@ def test_memory_usage_is_needed_only_where_an_existing_limit_goes_down() -> None
     assert memory_lowered(plan, observed) == [("down",), ("from-max",)]
 
 
+def test_v1_cpuset_resets_under_a_shrinking_parent_come_after_it() -> None:
+    """A v1 reset copies the parent's list when written: under a parent that shrinks it would copy the
+    old, wider list and the parent's shrink would then fail (EBUSY). The child narrows first (only if
+    it holds CPUs outside the parent's new list), the parent shrinks, and the resets follow."""
+    caps = Capabilities(driver="test", mode=CgroupMode.V1, cpuset_within_parent=True)
+    cpus = "cpuset.cpus"
+    observed = {
+        (): ObservedGroup(exists=True),
+        ("p",): ObservedGroup(exists=True, values={cpus: CpuList((0, 1))}),
+        ("p", "out"): ObservedGroup(exists=True, values={cpus: CpuList((1,))}),
+        ("p", "in"): ObservedGroup(exists=True, values={cpus: CpuList((0,))}),
+    }
+    desired = {("p",): Group({cpus: CpuList((0,))}), ("p", "out"): Group({}), ("p", "in"): Group({})}
+    last = {("p", "out"): frozenset({cpus}), ("p", "in"): frozenset({cpus})}
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=caps, last_applied=last))
+    assert [(op.kind, op.path, op.old, op.new) for op in plan.ops] == [
+        (OpKind.SET, ("p", "out"), CpuList((1,)), CpuList((0,))),
+        (OpKind.SET, ("p",), CpuList((0, 1)), CpuList((0,))),
+        (OpKind.RESET, ("p", "in"), CpuList((0,)), CpuList()),
+        (OpKind.RESET, ("p", "out"), CpuList((0,)), CpuList()),
+    ]
+    # without the nesting rule the resets stay where they were, parents-first
+    v2 = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2, last_applied=last))
+    assert [op.path for op in v2.ops if op.key == cpus] == [("p",), ("p", "in"), ("p", "out")]
+
+
 V1_SWAP = Capabilities(
     driver="test",
     mode=CgroupMode.HYBRID,
