@@ -56,6 +56,8 @@ class Describer(Protocol):
 
     def describe_value(self, key: SettingKey, value: Value) -> str: ...
 
+    def describe_group(self, path: GroupPath) -> str: ...
+
 
 class Severity(enum.StrEnum):
     ERROR = "error"
@@ -109,7 +111,7 @@ class Op:
                 )
             old, new = driver.describe_value(self.key, self.old), driver.describe_value(self.key, self.new)
             return f"{self.kind:<6} {driver.target_of(self.path, self.key)}: {old} -> {new}"
-        where = format_path(self.path)
+        where = format_path(self.path) if driver is None else driver.describe_group(self.path)
         if self.kind is OpKind.ENABLE:
             return f"{self.kind:<6} {where} subtree_control: +{' +'.join(sorted(self.controllers))}"
         return f"{self.kind:<6} {where}"

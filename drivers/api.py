@@ -396,6 +396,10 @@ class Driver(abc.ABC):
         properties (``CPUQuotaPerSecUSec=130000 CPUQuotaPeriodUSec=100000``)."""
         return format_value(value)
 
+    def describe_group(self, path: GroupPath) -> str:
+        """A group as plan lines name it (create, remove, freeze…): its path; systemd adds its unit."""
+        return format_path(path)
+
     @abc.abstractmethod
     async def observe(
         self,

@@ -382,6 +382,12 @@ class SystemdDriver(Driver):
     def target_of(self, path: GroupPath, key: SettingKey) -> str:
         return self._unit(path)
 
+    def describe_group(self, path: GroupPath) -> str:
+        try:
+            return f"{format_path(path)} ({self._unit(path)})"
+        except DriverError:  # not nameable as a slice: the plan line still names the group
+            return format_path(path)
+
     def describe_value(self, key: SettingKey, value: Value) -> str:
         """The setting in systemd's terms: ``CPUQuotaPerSecUSec=130000 CPUQuotaPeriodUSec=100000``."""
         knob, device = split_key(key)

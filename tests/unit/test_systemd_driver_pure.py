@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cgctl.plan import Op, OpKind
 from drivers.api import CpuList, CpuMax, DriverOptions, IoMax, Knob, setting_key
 from drivers.systemd import SystemdDriver
 from drivers.systemd.driver import describe
@@ -83,6 +84,14 @@ def test_settings_are_described_in_systemd_terms(driver: SystemdDriver) -> None:
     assert "not expressible" in driver.describe_value("memory.oom.group", True)
     io = driver.describe_value("io.max[4095:4095]", IoMax(rbps=1024))
     assert io.startswith("IOReadBandwidthMax=4095:4095 1024 IOWriteBandwidthMax=4095:4095 infinity")
+
+
+def test_groups_are_named_with_their_unit_in_plan_lines(driver: SystemdDriver) -> None:
+    assert driver.describe_group(("web", "worker")) == "web/worker (cgctl-web-worker.slice)"
+    assert driver.describe_group(()) == "/ (cgctl.slice)"
+    op = Op(OpKind.CREATE, ("web",))
+    assert op.describe(driver) == "create web (cgctl-web.slice)"
+    assert op.describe() == "create web"
 
 
 def test_ownership_mark() -> None:
