@@ -379,10 +379,12 @@ class _HelpFormatter(argparse.HelpFormatter):
     add_argument, and ``shutil`` drags in bz2, lzma and zlib (2–3 ms of every command's start)."""
 
     def __init__(self, prog: str) -> None:
-        try:
-            columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.stdout.fileno()).columns
-        except (ValueError, OSError):
-            columns = 80
+        columns = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 0
+        if columns <= 0:  # as shutil.get_terminal_size: $COLUMNS, else the terminal, else 80
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                columns = 80
         super().__init__(prog, width=max(columns - 2, 40))
 
 
