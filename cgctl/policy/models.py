@@ -46,11 +46,29 @@ Parse = Callable[[Any], Any]
 _NO_VALUE = "has no value (leave the key out, or write a value)"
 
 
+_MEMO_LIMIT = 4096
+
+
 def _not_null(parse: Parse) -> Parse:
+    """``parse``, refusing null, and memoized per value and type: a policy repeats a handful of values
+    (``64M``, ``0.5``) across a thousand groups, and the parsers' results are immutable."""
+    memo: dict[tuple[type, object], object] = {}
+
     def check(value: object) -> object:
         if value is None:
             raise ValueError(_NO_VALUE)
-        return parse(value)
+        key = (value.__class__, value)  # the type too: 1, 1.0 and True are equal as keys
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable: a list or mapping where a scalar belongs (parse explains)
+            return parse(value)
+        result = parse(value)  # a ValueError is not remembered: bad values stay rare
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = result
+        return result
 
     return check
 
