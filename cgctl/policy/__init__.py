@@ -1,7 +1,8 @@
 """The policy language: YAML file → validated, normalized desired state.
 
 Importing this package is cheap (no yaml): the types and the name rules load eagerly, the loader
-(PyYAML) only when :func:`load_policy` or :func:`parse_policy_text` is first called.
+(PyYAML) only when a text must be parsed. :func:`load_policy` first asks the validated-policy cache
+(:mod:`cgctl.policy.cache`): an unchanged policy is not parsed again.
 """
 
 from __future__ import annotations
