@@ -149,20 +149,20 @@ class CgroupfsDriver(Driver):
         return await self._blocking(lambda: self._get_ops().observe(wanted, keys, with_state, with_usage))
 
     async def _quick(self, call: Callable[[], None]) -> None:
-        """Run a write the kernel finishes in microseconds on the loop's own thread.
+        """Run a write the kernel finishes in microseconds on the loop's own thread (with a loop: inline
+        mode calls the ops directly).
 
         A thread hop costs 75–130 µs here, five times a cgroupfs mkdir or write (15–20 µs), and an apply
         is one call per group and knob: 1000 groups × 5 hops would add ~0.5 s. These calls cannot
         block (no reclaim, no waiting, no retries), and the loop is handed back every 2 ms so a scrape
         or a control request never waits behind a long apply.
         """
-        if not self.options.inline:
-            now = time.monotonic()
-            if now - self._last_yield >= INLINE_SLICE:
-                self._last_yield = now
-                import asyncio
+        now = time.monotonic()
+        if now - self._last_yield >= INLINE_SLICE:
+            self._last_yield = now
+            import asyncio
 
-                await asyncio.sleep(0)
+            await asyncio.sleep(0)
         call()
 
     async def create(self, path: GroupPath) -> None:

@@ -85,6 +85,12 @@ class V1Ops:
         # (hierarchy, group) → files of a group this apply created that nothing has written yet: they
         # still hold v1.NEW_GROUP_FILES (the first write of each need not read it). Forgotten at observe.
         self._untouched: dict[tuple[str, GroupPath], set[str]] = {}
+        # hierarchy → the NEW_GROUP_FILES it holds (cpu: quota and period; memory: limit and memsw)
+        owner = {f: s.controller for s in v1.TABLE.values() for f in s.files if f in v1.NEW_GROUP_FILES}
+        self._new_files: dict[str, frozenset[str]] = {
+            tree.mountpoint: frozenset(f for f, c in owner.items() if self.tree_for.get(c) is tree)
+            for tree in self.tree_for.values()
+        }
         # key set → (hierarchy, keys) to read there, for observe (few distinct sets: one per group shape)
         self._read_plans: dict[frozenset[SettingKey], list[tuple[Tree, list[SettingKey]]]] = {}
         # every distinct tree, primary first
@@ -243,8 +249,8 @@ class V1Ops:
                     parts = rel if depth == full else rel[:depth]
                     if self._mkdir(tree, parts, path):
                         created.append((tree, parts))
-                        if depth == full:
-                            self._untouched[(tree.mountpoint, path)] = set(v1.NEW_GROUP_FILES)
+                        if depth == full and (known := self._new_files[tree.mountpoint]):
+                            self._untouched[(tree.mountpoint, path)] = set(known)
                     elif tree is self.primary and depth == full:
                         raise DriverError(
                             f"{tree.display(path)} already exists",
