@@ -4,7 +4,8 @@ A re-apply or ``cgctl diff`` of an unchanged 1000-group policy spent ~60 ms (a t
 importing PyYAML and parsing and validating text it had validated before. The cache keeps the result
 with everything the result depends on, and uses it only when all of it is unchanged:
 
-* the text of every file read (the main file and every included one), by SHA-256;
+* the text of every file read (the main file and every included one), compared in full (a hash would
+  need hashlib, whose OpenSSL import alone cost 5 ms of every start);
 * the policy files listed in every included directory;
 * what every ``io.max`` device resolved to (resolved again and compared: device numbers can change);
 * this cgctl: its version and the size and mtime of the modules that parse and validate.
@@ -19,19 +20,19 @@ means a normal parse, never an error.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pickle
 import stat
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from cgctl import __version__
 from cgctl.policy.files import policy_files_in, read_text
 from cgctl.policy.types import Policy
+from drivers.records import field, record
 
 DEFAULT_CACHE_DIR = "/var/cache/cgctl"
-_FORMAT = 1
+_FORMAT = 2
 # The modules whose code decides what a policy text means (a change in any invalidates every entry).
 _SEMANTICS = (
     "cgctl/policy/loader.py",
@@ -48,28 +49,28 @@ _SEMANTICS = (
 _TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@dataclass
+@record
 class Inputs:
-    """What one load read: file → SHA-256 of its text, directory → its policy files, device → MAJ:MIN."""
+    """What one load read: file → its text, directory → its policy files, device → MAJ:MIN."""
 
     files: dict[str, str] = field(default_factory=dict)
     directories: dict[str, list[str]] = field(default_factory=dict)
     devices: dict[str, str] = field(default_factory=dict)
 
 
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def cache_dir() -> str:
     return os.path.join(os.environ.get("CGCTL_CACHE_DIR", DEFAULT_CACHE_DIR), "policy")
 
 
-def _entry_path(file: str) -> str:
+def _key(file: str) -> str:
     # A relative path is kept with its working directory: the entry records the paths of the files it
     # read as the loader saw them (relative ones too), and its messages name them that way.
-    where = file if os.path.isabs(file) else f"{os.getcwd()}\0{file}"
-    name = hashlib.sha256(where.encode("utf-8", "surrogateescape")).hexdigest()
+    return file if os.path.isabs(file) else f"{os.getcwd()}\0{file}"
+
+
+def _entry_path(key: str) -> str:
+    # Two keys may share a name: the entry holds its key, so that only costs a parse.
+    name = f"{zlib.crc32(key.encode('utf-8', 'surrogateescape')):08x}"
     return os.path.join(cache_dir(), f"{name}.pickle")
 
 
@@ -96,7 +97,8 @@ def lookup(file: str, resolve_device: Callable[[str], str]) -> Policy | None:
     try:
         if not _private(os.stat(cache_dir())):
             return None
-        fd = os.open(_entry_path(file), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        key = _key(file)
+        fd = os.open(_entry_path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -104,13 +106,17 @@ def lookup(file: str, resolve_device: Callable[[str], str]) -> Policy | None:
             if not _private(os.fstat(handle.fileno())):
                 return None
             entry = pickle.loads(handle.read())
-        if not isinstance(entry, dict) or entry.get("fingerprint") != _fingerprint():
+        if (
+            not isinstance(entry, dict)
+            or entry.get("key") != key
+            or entry.get("fingerprint") != _fingerprint()
+        ):
             return None
         inputs, policy = entry["inputs"], entry["policy"]
         if not isinstance(inputs, Inputs) or not isinstance(policy, Policy):
             return None
         for name, known in inputs.files.items():
-            if digest(read_text(name)) != known:
+            if read_text(name) != known:
                 return None
         for directory, names in inputs.directories.items():
             if policy_files_in(directory) != names:
@@ -132,11 +138,12 @@ def store(file: str, policy: Policy, inputs: Inputs) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if not _private(os.stat(directory)):
             return
+        key = _key(file)
         data = pickle.dumps(
-            {"fingerprint": _fingerprint(), "inputs": inputs, "policy": policy},
+            {"key": key, "fingerprint": _fingerprint(), "inputs": inputs, "policy": policy},
             protocol=pickle.HIGHEST_PROTOCOL,
         )
-        entry = _entry_path(file)
+        entry = _entry_path(key)
         tmp = f"{entry}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cgctl import units
-from cgctl.policy.cache import Inputs, digest
+from cgctl.policy.cache import Inputs
 from cgctl.policy.files import policy_files_in, read_text
 from cgctl.policy.models import GroupModel, PolicyFileModel, SchemaIssue, validate_file
 from cgctl.policy.names import MAX_DEPTH
@@ -112,7 +112,7 @@ class _Loader:
     def read(self, file: str, ref: SourceRef | None, field_: str = "") -> str | None:
         try:
             text = read_text(file)
-            self.inputs.files[file] = digest(text)
+            self.inputs.files[file] = text
             return text
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

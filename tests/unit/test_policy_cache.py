@@ -139,6 +139,19 @@ def test_a_relative_path_is_cached_per_working_directory(
     assert len(parses) == 2
 
 
+def test_two_policies_sharing_an_entry_name_never_get_each_others_policy(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entry names are a 32-bit checksum of the path: a collision must cost a parse, nothing more."""
+    monkeypatch.setattr(cache, "_entry_path", lambda key: os.path.join(cache.cache_dir(), "same.pickle"))
+    (setup / "other.yaml").write_text(POLICY.replace("cached", "other").replace("include: policy.d\n", ""))
+    parses = _parses(monkeypatch)
+    assert load_policy(setup / "policy.yaml").root == "cached"
+    assert load_policy(setup / "other.yaml").root == "other"
+    assert load_policy(setup / "policy.yaml").root == "cached"
+    assert len(parses) == 3
+
+
 def test_an_invalid_policy_is_never_cached(setup: Path) -> None:
     (setup / "policy.yaml").write_text(POLICY.replace("weight: 200", "weight: lots"))
     for _ in range(2):
