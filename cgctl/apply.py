@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from drivers.api import Driver, DriverError, GroupBusyError, GroupPath, format_path
+from drivers.records import field, record
 
 from .plan import Op, OpKind, Plan
 
 DEFAULT_FREEZE_TIMEOUT = 10.0
 
 
-@dataclass
+@record
 class ApplyResult:
     done: list[Op] = field(default_factory=list)
     failed: Op | None = None

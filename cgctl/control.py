@@ -17,15 +17,16 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
+
+from drivers.records import record
 
 MAX_REQUEST_BYTES = 64 * 1024
 
 log = logging.getLogger("cgctl.agent")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Peer:
     pid: int
     uid: int

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from drivers.api import Capabilities, Driver, GroupPath, ObservedGroup, SettingKey, split_key
+from drivers.records import record
 
 from .apply import DEFAULT_FREEZE_TIMEOUT, ApplyResult, execute
 from .plan import Describer, Op, Plan, PlanInput, keys_to_observe, make_plan, memory_lowered
@@ -18,7 +18,7 @@ from .policy import Policy
 from .state import State
 
 
-@dataclass
+@record
 class Prepared:
     policy: Policy
     driver: Driver

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from drivers.api import (
@@ -37,6 +36,7 @@ from drivers.api import (
     format_value,
     split_key,
 )
+from drivers.records import field, record
 
 
 class DesiredGroup(Protocol):
@@ -64,7 +64,7 @@ class Severity(enum.StrEnum):
     WARNING = "warning"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PlanIssue:
     severity: Severity
     group: GroupPath
@@ -88,7 +88,7 @@ class OpKind(enum.StrEnum):
     REMOVE = "remove"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Op:
     """One step of a plan, with what was there before (for diff output and for rollback)."""
 
@@ -125,7 +125,7 @@ class Op:
         return out
 
 
-@dataclass
+@record
 class Plan:
     ops: list[Op] = field(default_factory=list)
     issues: list[PlanIssue] = field(default_factory=list)
@@ -154,7 +154,7 @@ class Plan:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PlanInput:
     desired: Mapping[GroupPath, DesiredGroup]
     observed: Mapping[GroupPath, ObservedGroup]

@@ -12,9 +12,9 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 
 from drivers.api import Driver, DriverError, format_path, format_value
+from drivers.records import field, record
 
 from .apply import ApplyResult
 from .engine import Prepared, prepare, run_apply
@@ -25,7 +25,7 @@ from .policy import Policy, PolicyError, load_policy
 log = logging.getLogger("cgctl.agent")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Drift:
     group: str
     knob: str
@@ -33,7 +33,7 @@ class Drift:
     desired: str
 
 
-@dataclass
+@record
 class Outcome:
     reason: str
     drift: list[Drift] = field(default_factory=list)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from drivers.api import GroupPath, SettingKey
+from drivers.records import field, record
 
 DEFAULT_STATE_DIR = "/var/lib/cgctl"
 _FORMAT = 1
@@ -31,7 +31,7 @@ def _decode_path(text: str) -> GroupPath:
     return tuple(part for part in text.split("/") if part)
 
 
-@dataclass
+@record
 class State:
     driver: str
     root: str

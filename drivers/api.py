@@ -16,8 +16,9 @@ import abc
 import enum
 import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import ClassVar, TypeAlias
+
+from drivers.records import field, record
 
 GroupPath: TypeAlias = tuple[str, ...]
 
@@ -64,7 +65,7 @@ class Knob(enum.StrEnum):
         return self.value.split(".", 1)[0]
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class CpuMax:
     """``cpu.max``: a quota of CPU time per period, both in µs; quota ``None`` means unlimited."""
 
@@ -76,7 +77,7 @@ class CpuMax:
         return f"{quota} {self.period_us}"
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class CpuList:
     """A cpuset list (``cpuset.cpus`` / ``cpuset.mems``), kept sorted; empty means "inherit"."""
 
@@ -116,7 +117,7 @@ class CpuList:
         return ",".join(ranges)
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class IoMax:
     """One device's ``io.max`` line; ``None`` fields are unlimited (``max``)."""
 
@@ -209,7 +210,7 @@ class CgroupMode(enum.StrEnum):
     HYBRID = "hybrid"  # v1 controllers plus a controller-less v2 mount (limits go through v1)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Capabilities:
     """What this host, through this driver, can do. Filled by :meth:`Driver.probe`."""
 
@@ -238,7 +239,7 @@ class Capabilities:
     describes_groups_as: str | None = None
 
 
-@dataclass
+@record
 class ObservedGroup:
     """One group as it is now."""
 
@@ -257,7 +258,7 @@ class ObservedGroup:
 MISSING = ObservedGroup(exists=False)
 
 
-@dataclass
+@record
 class GroupUsage:
     """Live usage of one group, already in base units (seconds, bytes). ``None`` = not available here.
 
@@ -350,7 +351,7 @@ class NotOwnedError(DriverError):
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DriverOptions:
     """How cgctl configures a driver. ``root`` is the policy's ``root:`` (a relative path)."""
 

@@ -16,12 +16,12 @@ every ``cgctl apply`` start (bench/RESULTS.md), a tenth of a whole 1000-group ap
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
 from cgctl import units
 from cgctl.policy.names import check_name, check_root
 from drivers.api import CpuList
+from drivers.records import field, record
 
 POLICY_VERSION = 1
 DRIVERS = ("auto", "cgroupfs", "systemd")
@@ -30,7 +30,7 @@ ON_UNSUPPORTED = ("error", "warn")
 Loc = tuple[str | int, ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SchemaIssue:
     """A problem at ``loc``. ``points_at`` says what to show: the value, the key itself (an unknown or
     badly named key), or the mapping that lacks a required key."""
@@ -166,7 +166,7 @@ class Section:
         return f"unknown key (expected one of: {', '.join(allowed)})"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CpuModel(Section):
     FIELDS: ClassVar[dict[str, Parse | type[Section]]] = {
         "weight": _WEIGHT,
@@ -182,7 +182,7 @@ class CpuModel(Section):
     mems: CpuList = field(default_factory=CpuList)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MemoryModel(Section):
     FIELDS: ClassVar[dict[str, Parse | type[Section]]] = {
         "min": _SIZE,
@@ -200,7 +200,7 @@ class MemoryModel(Section):
     oom_group: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IoMaxModel(Section):
     FIELDS: ClassVar[dict[str, Parse | type[Section]]] = {
         "device": _not_null(_string),
@@ -244,14 +244,14 @@ class IoMaxList(Section):
         return entries if all(entry is not None for entry in entries) else None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IoModel(Section):
     FIELDS: ClassVar[dict[str, Parse | type[Section]]] = {"weight": _WEIGHT, "max": IoMaxList}
     weight: int = 100
     max: list[IoMaxModel] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PidsModel(Section):
     FIELDS: ClassVar[dict[str, Parse | type[Section]]] = {"max": _COUNT}
     max: int | None = None
@@ -285,7 +285,7 @@ class GroupMap(Section):
         return groups if ok else None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GroupModel(Section):
     FIELDS: ClassVar[dict[str, Parse | type[Section]]] = {
         "cpu": CpuModel,
@@ -332,7 +332,7 @@ class IncludeList(Section):
         return names if len(names) == len(data) else None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PolicyFileModel(Section):
     """One policy file. ``version`` is required in the main file and optional in included ones (the
     loader checks); included files that set version/driver/root/on_unsupported must agree with it."""

@@ -15,12 +15,12 @@ tree once (C loader when available) and build the data ourselves:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import yaml
 
 from cgctl.policy.types import PolicyIssue, SourceRef
+from drivers.records import field, record
 
 try:
     from yaml import CSafeLoader as _BaseLoader
@@ -58,7 +58,7 @@ MAX_NODES = 2_000_000
 MAX_NESTING = 100
 
 
-@dataclass
+@record
 class Source:
     """One parsed file. ``marks[loc]`` is (key line, key col, value line, value col), 0-based."""
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from drivers.api import GroupPath, Knob, SettingKey, Value, split_key
+from drivers.records import field, record
 
 # Where each knob is written in the policy file, for messages like "groups.web.memory.swap_max: ...".
 POLICY_FIELDS: dict[Knob, str] = {
@@ -24,7 +23,7 @@ POLICY_FIELDS: dict[Knob, str] = {
 }
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class SourceRef:
     """A place in a policy file; line and column are 1-based."""
 
@@ -36,7 +35,7 @@ class SourceRef:
         return f"{self.file}:{self.line}:{self.col}"
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class PolicyIssue:
     """One problem in a policy (an error, or a warning about an odd but legal combination)."""
 
@@ -67,7 +66,7 @@ class PolicyError(Exception):
         super().__init__("\n".join(str(issue) for issue in self.errors))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GroupSpec:
     """One group the policy defines, with only the settings it names (drivers.api value types)."""
 
@@ -78,7 +77,7 @@ class GroupSpec:
     origins: dict[SettingKey, SourceRef] = field(default_factory=dict)  # where each setting's value is
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     """A validated, normalized policy.
 

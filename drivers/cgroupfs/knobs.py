@@ -10,10 +10,10 @@ with EINVAL, as runc does for ``cpu.cfs_period_us``/``cpu.cfs_quota_us``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from drivers.api import CpuList, CpuMax, DriverError, IoMax, Knob, Value
+from drivers.records import record
 
 Get = Callable[[str], "str | None"]  # a file of the group → its text, None when the file is absent
 Writes = list[tuple[str, str]]  # (file, text), in order
@@ -31,7 +31,7 @@ def _identity(value: Value) -> Value:
     return value
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KnobSpec:
     knob: Knob
     controller: str  # v2 controller, or the v1 controller whose hierarchy holds the files

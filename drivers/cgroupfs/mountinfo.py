@@ -14,9 +14,9 @@ cgroup filesystems elsewhere, and those are not ours to manage.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from drivers.api import CgroupMode
+from drivers.records import field, record
 
 # Every controller a v1 hierarchy can carry. Super options that are not in this set (``rw``, ``xattr``,
 # ``release_agent=…``, ``clone_children``, ``noprefix``…) are mount flags, not controllers.
@@ -47,7 +47,7 @@ def _unescape(field_text: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field_text)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hierarchy:
     """One v1 hierarchy: where it is mounted and the controllers bound to it (co-mounts share one)."""
 
@@ -57,7 +57,7 @@ class Hierarchy:
     root: str = "/"  # the mount's root inside the hierarchy (not "/" inside a cgroup namespace)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupLayout:
     mode: CgroupMode | None  # None: no cgroup filesystem mounted under the mount point
     unified: str | None = None  # the cgroup2 mount point, if any

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dbus_fast import Variant
 
 from drivers.api import CpuList, CpuMax, IoMax, Knob, Value
+from drivers.records import record
 
 UINT64_MAX = 2**64 - 1
 USEC_PER_SEC = 1_000_000
@@ -70,14 +70,14 @@ class ConversionError(ValueError):
     """A value has no systemd equivalent (e.g. TasksMax=0), or systemd returned something unexpected."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Property:
     name: str
     signature: str
     since: int  # first systemd version that has it
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KnobMapping:
     knob: Knob
     properties: tuple[Property, ...]
