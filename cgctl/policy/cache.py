@@ -37,7 +37,7 @@ _FORMAT = 2
 _SEMANTICS = (
     "cgctl/policy/loader.py",
     "cgctl/policy/files.py",
-    "cgctl/policy/models.py",
+    "cgctl/policy/schema.py",
     "cgctl/policy/source.py",
     "cgctl/policy/types.py",
     "cgctl/policy/names.py",

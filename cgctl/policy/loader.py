@@ -1,8 +1,8 @@
 """Policy files → a validated, normalized :class:`Policy`, or a :class:`PolicyError` listing every problem.
 
-Per file: YAML → data with positions (:mod:`.source`) → schema models (:mod:`.models`) → group specs
-in driver value types. Then ``include:`` targets, depth-first in the order written (a directory
-contributes its ``*.yaml``/``*.yml`` files in name order, hidden files skipped).
+Per file: YAML → node tree (:mod:`.source`) → one schema walk that makes the file's group specs
+(:mod:`.schema`). Then ``include:`` targets, depth-first in the order written (a directory contributes
+its ``*.yaml``/``*.yml`` files in name order, hidden files skipped).
 
 Rules across files:
 
@@ -19,36 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from cgctl import units
 from cgctl.policy.cache import Inputs
 from cgctl.policy.files import policy_files_in, read_text
-from cgctl.policy.models import GroupModel, PolicyFileModel, SchemaIssue, validate_file
-from cgctl.policy.names import MAX_DEPTH
-from cgctl.policy.source import Loc, Source, dotted, parse_source_safe
-from cgctl.policy.types import GroupSpec, Policy, PolicyError, PolicyIssue, SourceRef
-from drivers.api import CpuList, GroupPath, IoMax, Knob, SettingKey, Value, setting_key
+from cgctl.policy.schema import SHARED_KEYS, FileModel, read_file
+from cgctl.policy.source import TooLarge, parse_source, too_large_issue
+from cgctl.policy.types import GroupSpec, Policy, PolicyError, PolicyIssue, SourceRef, field_name
+from drivers.api import GroupPath
 
 DeviceResolver = Callable[[str], str]
-
-_MEMORY_FIELDS: tuple[tuple[str, Knob], ...] = (
-    ("min", Knob.MEMORY_MIN),
-    ("low", Knob.MEMORY_LOW),
-    ("high", Knob.MEMORY_HIGH),
-    ("max", Knob.MEMORY_MAX),
-    ("swap_max", Knob.MEMORY_SWAP_MAX),
-)
-# Why a memory value above the next one in min ≤ low ≤ high ≤ max is (legal but) pointless.
-_ORDER_EFFECT = {
-    "min": ", so memory.low adds nothing",
-    "low": ": the extra protection cannot be used",
-    "high": ", so it never takes effect",
-}
-_SHARED_KEYS = ("version", "driver", "root", "on_unsupported")
 
 
 def load_policy(path: str | os.PathLike[str], *, resolve_device: DeviceResolver | None = None) -> Policy:
@@ -101,9 +82,10 @@ class _Loader:
         self.files: list[str] = []
         self.loaded: dict[str, SourceRef | None] = {}  # realpath → where it was included from
         self.groups: dict[GroupPath, GroupSpec] = {}
+        self.refused: set[GroupPath] = set()  # groups defined twice: their children are not read either
         self.devices: dict[str, str | ValueError] = {}
-        self.main: PolicyFileModel | None = None
-        self.main_source: Source | None = None
+        self.main: FileModel | None = None
+        self.main_file = ""
         self.main_valid = False
         self.inputs = Inputs()  # what this load read, for the policy cache
 
@@ -141,60 +123,52 @@ class _Loader:
     ) -> None:
         self.files.append(file)
         self.loaded[stack[-1]] = included_from
-        source = parse_source_safe(text, file)
+        source, root = parse_source(text, file)
+        model: FileModel | None = None
+        if root is not None:
+            try:
+                model = read_file(source, root, self.device)
+            except TooLarge as exc:  # an alias bomb: that one problem says it all
+                source.issues = [too_large_issue(source, exc)]
         self.errors.extend(source.issues)
-        if not isinstance(source.data, dict):
+        if model is None or root is None:
             return
-        data = source.data
-        model, issues = validate_file(data)
-        self.errors.extend(_positioned(source, issues))
+        valid = not source.issues
         if included_from is None:
-            if "version" not in data:
+            if not model.has_version:
                 self.errors.append(
-                    PolicyIssue.at(source.value_ref(()), "version", "missing required key (write version: 1)")
+                    PolicyIssue.at(source.ref(root), "version", "missing required key (write version: 1)")
                 )
-            self.main = model or PolicyFileModel()
-            self.main_source = source
-            self.main_valid = model is not None
-        elif model is not None and self.main_valid:  # else the comparison would be with stand-in values
-            self.check_shared_keys(model, source)
-        if model is not None:
-            for name, group in model.groups.items():
-                self.add_group(source, ("groups", name), (name,), group, None)
-        for index, target in _include_targets(data, model):
-            self.include(
-                source,
-                file,
-                ("include",) if isinstance(data["include"], str) else ("include", index),
-                target,
-                stack,
-            )
+            self.main, self.main_file, self.main_valid = model, file, valid
+        elif valid and self.main_valid:  # else the comparison would be with stand-in values
+            self.check_shared_keys(model)
+        for spec in model.groups:
+            self.add_group(spec)
+        self.warnings.extend(model.warnings)
+        for target, ref, field_ in model.include:
+            self.include(file, ref, field_, target, stack)
 
-    def check_shared_keys(self, model: PolicyFileModel, source: Source) -> None:
-        main, main_source = self.main, self.main_source
-        assert main is not None and main_source is not None
-        for key in _SHARED_KEYS:
-            if key not in model.given:
+    def check_shared_keys(self, model: FileModel) -> None:
+        main = self.main
+        assert main is not None
+        for key in SHARED_KEYS:
+            ref = model.written.get(key)
+            if ref is None:
                 continue
             mine, theirs = getattr(model, key), getattr(main, key)
             if mine != theirs:
-                where = (
-                    f"set in {main_source.value_ref((key,))}"
-                    if key in main.given
-                    else f"the default of {main_source.file}"
-                )
+                main_ref = main.written.get(key)
+                where = f"set in {main_ref}" if main_ref is not None else f"the default of {self.main_file}"
                 self.errors.append(
                     PolicyIssue.at(
-                        source.value_ref((key,)),
+                        ref,
                         key,
                         f"{mine!r} differs from {theirs!r} ({where}); an included file must agree with the"
                         " main policy",
                     )
                 )
 
-    def include(self, source: Source, file: str, loc: Loc, target: str, stack: tuple[str, ...]) -> None:
-        ref = source.value_ref(loc)
-        field_ = dotted(loc)
+    def include(self, file: str, ref: SourceRef, field_: str, target: str, stack: tuple[str, ...]) -> None:
         path = os.path.normpath(os.path.join(os.path.dirname(file), os.path.expanduser(target)))
         if os.path.isdir(path):
             try:
@@ -228,140 +202,23 @@ class _Loader:
 
     # -- groups ------------------------------------------------------------------------------------
 
-    def add_group(
-        self, source: Source, loc: Loc, path: GroupPath, group: GroupModel, parent: GroupSpec | None
-    ) -> None:
-        origin = source.key_ref(loc)
-        field_ = dotted(loc)
-        if len(path) > MAX_DEPTH:
-            self.errors.append(
-                PolicyIssue.at(origin, field_, f"groups nest deeper than {MAX_DEPTH} levels below the root")
-            )
+    def add_group(self, spec: GroupSpec) -> None:
+        path = spec.path
+        if path[:-1] in self.refused:
+            self.refused.add(path)
             return
         previous = self.groups.get(path)
         if previous is not None:
+            self.refused.add(path)
             self.errors.append(
                 PolicyIssue.at(
-                    origin,
-                    field_,
-                    f"group {'/'.join(path)} is defined twice: at {previous.origin} and {origin}",
+                    spec.origin,
+                    field_name(path),
+                    f"group {'/'.join(path)} is defined twice: at {previous.origin} and {spec.origin}",
                 )
             )
             return
-        resources: dict[SettingKey, Value] = {}
-        origins: dict[SettingKey, SourceRef] = {}
-        self.cpu(source, loc, group, resources, origins)
-        self.memory(source, loc, group, resources, origins)
-        self.io(source, loc, group, resources, origins)
-        if "max" in group.pids.given:
-            resources[Knob.PIDS_MAX.value] = group.pids.max
-            origins[Knob.PIDS_MAX.value] = source.value_ref((*loc, "pids", "max"))
-        frozen: bool | None = None
-        if "frozen" in group.given:
-            frozen = group.frozen
-            origins["frozen"] = source.value_ref((*loc, "frozen"))
-        spec = GroupSpec(path=path, resources=resources, frozen=frozen, origin=origin, origins=origins)
         self.groups[path] = spec
-        if parent is not None:
-            self.check_cpuset_within_parent(source, loc, spec, parent)
-        for name, child in group.groups.items():
-            self.add_group(source, (*loc, "groups", name), (*path, name), child, spec)
-
-    def cpu(
-        self,
-        source: Source,
-        loc: Loc,
-        group: GroupModel,
-        resources: dict[SettingKey, Value],
-        origins: dict[SettingKey, SourceRef],
-    ) -> None:
-        cpu = group.cpu
-        given = cpu.given
-        if "weight" in given:
-            _put(resources, origins, Knob.CPU_WEIGHT, cpu.weight, source.value_ref((*loc, "cpu", "weight")))
-        if "max" in given or "period" in given:
-            where = (*loc, "cpu", "max" if "max" in given else "period")
-            try:
-                value = cpu.max.resolve(cpu.period)
-            except ValueError as exc:
-                self.errors.append(PolicyIssue.at(source.value_ref(where), dotted(where), str(exc)))
-            else:
-                _put(resources, origins, Knob.CPU_MAX, value, source.value_ref(where))
-        if "cpus" in given:
-            _put(resources, origins, Knob.CPUSET_CPUS, cpu.cpus, source.value_ref((*loc, "cpu", "cpus")))
-        if "mems" in given:
-            _put(resources, origins, Knob.CPUSET_MEMS, cpu.mems, source.value_ref((*loc, "cpu", "mems")))
-
-    def memory(
-        self,
-        source: Source,
-        loc: Loc,
-        group: GroupModel,
-        resources: dict[SettingKey, Value],
-        origins: dict[SettingKey, SourceRef],
-    ) -> None:
-        memory = group.memory
-        given = memory.given
-        if not given:
-            return
-        ordered: list[tuple[str, int]] = []  # explicit finite limits, in min ≤ low ≤ high ≤ max order
-        for name, knob in _MEMORY_FIELDS:
-            if name in given:
-                value: int | None = getattr(memory, name)
-                _put(resources, origins, knob, value, source.value_ref((*loc, "memory", name)))
-                if value is not None and knob is not Knob.MEMORY_SWAP_MAX:
-                    ordered.append((name, value))
-        if "oom_group" in given:
-            ref = source.value_ref((*loc, "memory", "oom_group"))
-            _put(resources, origins, Knob.MEMORY_OOM_GROUP, memory.oom_group, ref)
-        # The kernel accepts any order, but a protection above a limit or high above max never acts:
-        # legal yet almost certainly a typo, so a warning rather than an error.
-        for (low_name, low), (high_name, high) in itertools.pairwise(ordered):
-            if low > high:
-                where = (*loc, "memory", low_name)
-                message = f"{units.format_size(low)} is above memory.{high_name} ({units.format_size(high)})"
-                self.warnings.append(
-                    PolicyIssue.at(source.value_ref(where), dotted(where), message + _ORDER_EFFECT[low_name])
-                )
-
-    def io(
-        self,
-        source: Source,
-        loc: Loc,
-        group: GroupModel,
-        resources: dict[SettingKey, Value],
-        origins: dict[SettingKey, SourceRef],
-    ) -> None:
-        io = group.io
-        if "weight" in io.given:
-            _put(resources, origins, Knob.IO_WEIGHT, io.weight, source.value_ref((*loc, "io", "weight")))
-        seen: dict[str, tuple[SourceRef, str]] = {}
-        for index, entry in enumerate(io.max):
-            entry_loc = (*loc, "io", "max", index)
-            device_loc = (*entry_loc, "device")
-            device_ref = source.value_ref(device_loc)
-            device = self.device(entry.device)
-            if isinstance(device, ValueError):
-                self.errors.append(PolicyIssue.at(device_ref, dotted(device_loc), str(device)))
-                continue
-            if device in seen:
-                first_ref, first_spec = seen[device]
-                same = (
-                    f"{first_spec} and {entry.device} are both {device}" if first_spec != entry.device else ""
-                )
-                self.errors.append(
-                    PolicyIssue.at(
-                        device_ref,
-                        dotted(device_loc),
-                        f"device {device} is already limited at {first_ref}"
-                        + (f" ({same}); write one entry per disk" if same else ""),
-                    )
-                )
-                continue
-            seen[device] = (device_ref, entry.device)
-            key = setting_key(Knob.IO_MAX, device)
-            resources[key] = IoMax(rbps=entry.rbps, wbps=entry.wbps, riops=entry.riops, wiops=entry.wiops)
-            origins[key] = source.value_ref(entry_loc)
 
     def device(self, spec: str) -> str | ValueError:
         cached = self.devices.get(spec)
@@ -377,67 +234,6 @@ class _Loader:
                 self.inputs.devices[spec] = cached
         return cached
 
-    def check_cpuset_within_parent(
-        self, source: Source, loc: Loc, spec: GroupSpec, parent: GroupSpec
-    ) -> None:
-        for knob, name in ((Knob.CPUSET_CPUS, "cpus"), (Knob.CPUSET_MEMS, "mems")):
-            mine, theirs = spec.resources.get(knob.value), parent.resources.get(knob.value)
-            if (
-                isinstance(mine, CpuList)
-                and isinstance(theirs, CpuList)
-                and not set(mine.ids) <= set(theirs.ids)
-            ):
-                where = (*loc, "cpu", name)
-                self.warnings.append(
-                    PolicyIssue.at(
-                        source.value_ref(where),
-                        dotted(where),
-                        f"{mine} is not within the parent's {theirs}: cgroup v1 refuses it and v2 uses only"
-                        " the overlap",
-                    )
-                )
-
-
-def _put(
-    resources: dict[SettingKey, Value],
-    origins: dict[SettingKey, SourceRef],
-    knob: Knob,
-    value: Value,
-    ref: SourceRef,
-) -> None:
-    resources[knob.value] = value
-    origins[knob.value] = ref
-
 
 def _short(path: str) -> str:
     return os.path.basename(path)
-
-
-def _include_targets(data: dict[str, Any], model: PolicyFileModel | None) -> Iterator[tuple[int, str]]:
-    """The include list; from the raw data when the file failed validation elsewhere, so errors in
-    included files are still reported in the same run."""
-    if model is not None:
-        yield from enumerate(model.include)
-        return
-    raw = data.get("include")
-    items = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
-    for index, item in enumerate(items):
-        if isinstance(item, str):
-            yield index, item
-
-
-def _positioned(source: Source, issues: list[SchemaIssue]) -> list[PolicyIssue]:
-    """Schema issues with their place in the file (those under a place the parser already reported
-    are dropped: they would repeat that problem in other words)."""
-    out = []
-    for issue in issues:
-        if source.already_reported(issue.loc):
-            continue
-        if issue.points_at == "key":
-            ref = source.key_ref(issue.loc)
-        elif issue.points_at == "mapping":
-            ref = source.value_ref(issue.loc[:-1])
-        else:
-            ref = source.value_ref(issue.loc)
-        out.append(PolicyIssue.at(ref, dotted(issue.loc), issue.message))
-    return out

@@ -174,6 +174,39 @@ def test_unsafe_and_exotic_yaml_is_refused() -> None:
     ]
 
 
+def test_a_refused_value_is_reported_once_and_problems_under_unknown_keys_too() -> None:
+    # A value with a refused tag counts as written but is not read: nothing more is said about it.
+    assert errors("version: 1\ngroups:\n  a:\n    cpu: !weird {weight: 0}\n    bogus: !weird x\n") == [
+        "p.yaml:4:10: groups.a.cpu: unsupported YAML tag '!weird'",
+        "p.yaml:5:12: groups.a.bogus: unsupported YAML tag '!weird'",
+    ]
+    # What is written under an unknown key is still read for YAML problems.
+    assert errors("version: 1\nextra: {a: 1, a: 2, b: !weird x}\n") == [
+        "p.yaml:2:1: extra: unknown key (expected one of: version, driver, root, on_unsupported, include,"
+        " groups)",
+        "p.yaml:2:15: extra.a: duplicate key 'a' (first written at p.yaml:2:9)",
+        "p.yaml:2:24: extra.b: unsupported YAML tag '!weird'",
+    ]
+    # A list or mapping where a value belongs is shown as written.
+    assert errors("version: 1\ngroups:\n  a: {pids: {max: [1, 2]}}\n") == [
+        "p.yaml:3:19: groups.a.pids.max: must be a whole number of at least 1 or max (got [1, 2])"
+    ]
+
+
+def test_checks_within_a_group_run_wherever_its_section_is_valid() -> None:
+    """One run reports a bad device even when another group has a bad value; a section with a bad value
+    is not combined (no cpu.max from a bad period, no device lookups for a bad io.max list)."""
+    assert errors(
+        "version: 1\ngroups:\n  a: {io: {max: [{device: /dev/sdz}]}}\n  b: {pids: {max: 0}}\n"
+        "  c: {cpu: {max: 5%, period: 2s}}\n  d: {io: {max: [{device: /dev/sdz}, {device: 8:0, rbps: x}]}}\n"
+    ) == [
+        "p.yaml:3:27: groups.a.io.max[0].device: /dev/sdz: no such device",
+        "p.yaml:4:19: groups.b.pids.max: must be a whole number of at least 1 or max (got 0)",
+        "p.yaml:5:30: groups.c.cpu.period: must be between 1ms and 1s (got 2s)",
+        "p.yaml:6:58: groups.d.io.max[1].rbps: must be a size like 512M or max (got 'x')",
+    ]
+
+
 def test_alias_bombs_are_stopped() -> None:
     lines = ["version: 1", "x0: &x0 [a, a, a, a, a, a, a, a, a, a]"]
     lines += [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 8)]
