@@ -168,6 +168,8 @@ _MEMORY_KNOBS: tuple[tuple[str, Knob], ...] = (
     ("max", Knob.MEMORY_MAX),
     ("swap_max", Knob.MEMORY_SWAP_MAX),
 )
+# Knob → its setting key: a dict lookup, where ``knob.value`` is an enum descriptor call (thousands a load).
+_SETTING_KEY: dict[Knob, SettingKey] = {knob: knob.value for knob in Knob}
 # Why a memory value above the next one in min ≤ low ≤ high ≤ max is (legal but) pointless.
 _ORDER_EFFECT = {
     "min": ", so memory.low adds nothing",
@@ -562,5 +564,6 @@ def _put(
     knob: Knob,
     value: tuple[Any, yaml.Node],
 ) -> None:
-    resources[knob.value] = value[0]
-    origins[knob.value] = source.ref(value[1])
+    key = _SETTING_KEY[knob]
+    resources[key] = value[0]
+    origins[key] = source.ref(value[1])
