@@ -58,6 +58,7 @@ class CgroupfsDriver(Driver):
         # Groups this driver created since its last observe: empty, so no memory limit written to them
         # can reclaim (their writes run inline without reading the usage first).
         self._fresh: set[GroupPath] = set()
+        self._described: dict[tuple[SettingKey, type, Value], str] = {}
 
     @classmethod
     def usable(cls) -> tuple[bool, str]:
@@ -117,22 +118,31 @@ class CgroupfsDriver(Driver):
     def describe_value(self, key: SettingKey, value: Value) -> str:
         """v2 syntax; on v1 a weight also shows the cpu.shares it is written as (the plan line names the
         cpu.shares file, so the converted value must be visible next to it)."""
-        text = format_value(value)
-        ops = self._get_ops()
-        if isinstance(ops, V1Ops) and split_key(key)[0] is Knob.CPU_WEIGHT and isinstance(value, int):
-            return f"{text} (shares {convert.weight_to_shares(value)})"
+        # Memoized: a plan shows a handful of distinct values thousands of times (a plan line costs
+        # more than the write it describes otherwise). The type is in the key: True and 1 are equal.
+        memo_key = (key, value.__class__, value)
+        text = self._described.get(memo_key)
+        if text is None:
+            text = format_value(value)
+            ops = self._get_ops()
+            if isinstance(ops, V1Ops) and split_key(key)[0] is Knob.CPU_WEIGHT and isinstance(value, int):
+                text = f"{text} (shares {convert.weight_to_shares(value)})"
+            self._described[memo_key] = text
         return text
 
     def target_of(self, path: GroupPath, key: SettingKey) -> str:
         ops = self._get_ops()
         knob = split_key(key)[0]
         if isinstance(ops, V1Ops) and knob in v1.TABLE:
-            tree = ops.tree_for.get(v1.TABLE[knob].controller)
+            spec = v1.TABLE[knob]
+            tree = ops.tree_for.get(spec.controller)
             if tree is not None:
                 base = tree.display(path)
-                return " + ".join([f"{base}/{file}" for file in v1.TABLE[knob].files])
+                if len(spec.files) == 1:
+                    return f"{base}/{spec.files[0]}"
+                return " + ".join([f"{base}/{file}" for file in spec.files])
             return f"{ops.display(path)} ({knob.value}: hierarchy not mounted)"
-        return f"{ops.display(path)}/{knob.value}"
+        return f"{ops.display(path)}/{key.split('[', 1)[0]}"
 
     async def observe(
         self,
