@@ -219,6 +219,7 @@ class V1Ops:
             if exc.errno == errno_mod.EEXIST:
                 return False
             raise
+        tree.created(parts)
         if tree is not self.tree_for.get("cpuset") or parts[:-1] in self._cloning:
             return True
         if (parent.read_optional("cgroup.clone_children") or "").strip() == "1":

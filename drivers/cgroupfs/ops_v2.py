@@ -123,6 +123,8 @@ class V2Ops:
             except DriverError as exc:
                 if exc.errno != errno_mod.EEXIST or depth == len(rel):
                     raise
+            else:
+                self.tree.created(rel[:depth])
         mark_created(self.tree.cached(rel, path))
 
     def remove(self, path: GroupPath) -> None:

@@ -10,7 +10,9 @@ and the :class:`GroupDir` handles it hands out. The rules, after runc's ``cgroup
   ``O_NOFOLLOW | O_DIRECTORY`` checking the device of each step does the same;
 * names are checked before any system call: no empty name, ``.``, ``..``, ``/`` or NUL;
 * files are opened relative to the group's descriptor with ``O_NOFOLLOW``, read and written with
-  ``os.read``/``os.write`` in bytes (no text-mode file objects: 2–3× slower on cgroupfs);
+  ``os.read``/``os.write`` in bytes (no text-mode file objects: 2–3× slower on cgroupfs); in a
+  directory this process has just created, a file is opened by its path from the mount with the same
+  ``openat2`` rules instead, so that writing a new group's limits needs no directory descriptor;
 * every ``OSError`` becomes a :class:`drivers.api.DriverError` that names the file, the value and the
   kernel's error.
 
@@ -147,15 +149,48 @@ def resolve_beneath(
 
 
 class GroupDir:
-    """An open cgroup directory. Files are opened relative to it, by plain name, never following links."""
+    """A cgroup directory. Files are opened relative to it, by plain name, never following links.
 
-    __slots__ = ("borrowed", "display", "fd", "group")
+    Usually the directory is open (``fd``). One made by :meth:`Tree.by_path` is not opened until
+    something needs its descriptor: its files are opened with ``openat2`` from the mount by their
+    relative path (``base_fd`` and ``rel``), under the same rules as the directory itself. Writing a
+    new group's few limits then takes no directory open and close (2 of 6 syscalls per group and
+    hierarchy on v1)."""
 
-    def __init__(self, fd: int, display: str, group: GroupPath, borrowed: bool = False) -> None:
+    __slots__ = ("base_fd", "borrowed", "display", "fd", "group", "rel")
+
+    def __init__(
+        self,
+        fd: int,
+        display: str,
+        group: GroupPath,
+        borrowed: bool = False,
+        *,
+        base_fd: int = -1,
+        rel: str = "",
+    ) -> None:
         self.fd = fd
         self.display = display  # the absolute path people see in messages
         self.group = group
         self.borrowed = borrowed  # owned by a Tree's cache: close() leaves it open
+        self.base_fd = base_fd  # without fd: the mount's descriptor, and the path from it
+        self.rel = rel
+
+    def _dir_fd(self) -> int:
+        """The directory's descriptor, opened now if it was not yet."""
+        if self.fd < 0 and self.rel:
+            try:
+                self.fd = _openat2(self.base_fd, self.rel, _DIR_FLAGS)
+            except OSError as exc:
+                raise error("resolve", self.display, exc, group=self.group) from None
+        return self.fd
+
+    def _open_file(self, name: str, flags: int) -> int:
+        """Open a file of this directory (``name`` checked by the caller); OSError as the kernel says."""
+        flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+        if self.fd < 0 and self.rel:
+            return _openat2(self.base_fd, f"{self.rel}/{name}", flags)
+        return os.open(name, flags, dir_fd=self.fd)
 
     def close(self) -> None:
         if self.fd >= 0 and not self.borrowed:
@@ -179,14 +214,14 @@ class GroupDir:
     def open(self, name: str, flags: int) -> int:
         check_name(name)
         try:
-            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            return self._open_file(name, flags)
         except OSError as exc:
             raise error("open", self.path_of(name), exc, group=self.group) from None
 
     def has(self, name: str) -> bool:
         check_name(name)
         try:
-            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=self._dir_fd(), follow_symlinks=False)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -213,7 +248,7 @@ class GroupDir:
         """Like :meth:`read`, but a missing file (or a group vanishing mid-read: ENODEV) gives None."""
         check_name(name)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            fd = self._open_file(name, os.O_RDONLY)
         except OSError as exc:
             if exc.errno in (errno_mod.ENOENT, errno_mod.ENODEV):
                 return None
@@ -251,20 +286,20 @@ class GroupDir:
     def mkdir(self, name: str, child: GroupPath) -> None:
         check_name(name)
         try:
-            os.mkdir(name, 0o755, dir_fd=self.fd)
+            os.mkdir(name, 0o755, dir_fd=self._dir_fd())
         except OSError as exc:
             raise error("mkdir", self.path_of(name), exc, group=child) from None
 
     def rmdir(self, name: str, child: GroupPath) -> None:
         check_name(name)
         try:
-            os.rmdir(name, dir_fd=self.fd)
+            os.rmdir(name, dir_fd=self._dir_fd())
         except OSError as exc:
             raise error("rmdir", self.path_of(name), exc, group=child) from None
 
     def subdirs(self) -> list[str]:
         """Child group names (cgroupfs directories are the child groups)."""
-        fd = os.dup(self.fd)
+        fd = os.dup(self._dir_fd())
         try:
             with os.scandir(fd) as it:
                 return [e.name for e in it if e.is_dir(follow_symlinks=False)]
@@ -274,26 +309,26 @@ class GroupDir:
             os.close(fd)
 
     def nlink(self) -> int:
-        return os.fstat(self.fd).st_nlink
+        return os.fstat(self._dir_fd()).st_nlink
 
     def child(self, name: str) -> GroupDir:
         """Open a child group's directory (a plain name, never a link)."""
         check_name(name)
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._dir_fd())
         except OSError as exc:
             raise error("open", self.path_of(name), exc, group=(*self.group, name)) from None
         return GroupDir(fd, self.path_of(name), (*self.group, name))
 
     def getxattr(self, name: str) -> bytes | None:
         try:
-            return os.getxattr(self.fd, name)
+            return os.getxattr(self._dir_fd(), name)
         except OSError:
             return None  # not set, or the filesystem has no xattr support: both mean "no mark"
 
     def setxattr(self, name: str, value: bytes) -> bool:
         try:
-            os.setxattr(self.fd, name, value)
+            os.setxattr(self._dir_fd(), name, value)
         except OSError as exc:
             if exc.errno in (errno_mod.ENOTSUP, errno_mod.EOPNOTSUPP, errno_mod.EPERM):
                 return False
@@ -330,6 +365,8 @@ class Tree:
         self.magic = magic
         # Directories kept open for writes (see cached()); only used under the ops' write lock.
         self._cache: OrderedDict[tuple[str, ...], GroupDir] = OrderedDict()
+        # Directories this process made (see created()): their files are opened by path.
+        self._fresh: set[tuple[str, ...]] = set()
 
     def close(self) -> None:
         self.clear_cache()
@@ -347,32 +384,45 @@ class Tree:
         if gd is not None:
             self._cache.move_to_end(parts)
             return gd
-        gd = self.open_rel(parts, group)
+        if parts in self._fresh and _openat2_available:
+            gd = GroupDir(-1, self._display(parts), group, base_fd=self.fd, rel="/".join(parts))
+        else:
+            gd = self.open_rel(parts, group)
         gd.borrowed = True
         self._cache[parts] = gd
         if len(self._cache) > DIR_CACHE_SIZE:
             self._cache.popitem(last=False)[1].release()
         return gd
 
+    def created(self, parts: tuple[str, ...]) -> None:
+        """Note a directory this process has just made. Until it is forgotten (or the cache cleared),
+        :meth:`cached` hands it out unopened: files below it are opened by path from the mount. Only
+        for new directories: an existing one is opened first, so that a missing one is found there."""
+        self._fresh.add(parts)
+
     def forget(self, parts: tuple[str, ...]) -> None:
         """Drop cached handles of a removed directory and everything below it."""
         for key in [k for k in self._cache if k[: len(parts)] == parts]:
             self._cache.pop(key).release()
+        self._fresh -= {k for k in self._fresh if k[: len(parts)] == parts}
 
     def clear_cache(self) -> None:
         while self._cache:
             self._cache.popitem()[1].release()
+        self._fresh.clear()
 
     def rel(self, group: GroupPath) -> tuple[str, ...]:
         return self.base + tuple(group)
 
     def display(self, group: GroupPath) -> str:
-        parts = self.rel(group)
+        return self._display(self.rel(group))
+
+    def _display(self, parts: tuple[str, ...]) -> str:
         return "/".join((self.mountpoint.rstrip("/"), *parts)) if parts else self.mountpoint
 
     def open_rel(self, parts: tuple[str, ...], group: GroupPath) -> GroupDir:
         """Open a directory given by mount-relative components (used for the managed root's ancestors)."""
-        display = "/".join((self.mountpoint.rstrip("/"), *parts)) if parts else self.mountpoint
+        display = self._display(parts)
         return GroupDir(resolve_beneath(self.fd, parts, self.dev, display, group), display, group)
 
     def open(self, group: GroupPath) -> GroupDir:

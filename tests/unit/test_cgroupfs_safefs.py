@@ -84,6 +84,33 @@ def test_files_are_opened_without_following_symlinks(tree: tuple[Path, int, int]
             web.read("../web/cpu.max")
 
 
+def test_a_new_directory_by_path_follows_the_same_rules(tree: tuple[Path, int, int]) -> None:
+    """A directory handed out unopened (files opened by path from the mount with openat2) refuses what
+    an opened one refuses, and opens itself once something needs its descriptor."""
+    if not safefs._openat2_available:
+        safefs.resolve_beneath(tree[1], ("web",), tree[2], "probe", ())  # learns whether openat2 exists
+    if not safefs._openat2_available:
+        pytest.skip("this kernel has no openat2: directories are always opened")
+    _, fd, _ = tree
+    web = safefs.GroupDir(-1, "/x/web", ("web",), base_fd=fd, rel="web")
+    assert web.read("cpu.max") == "max 100000\n"
+    with pytest.raises(DriverError) as info:
+        web.read("memory.max")  # a symlink, to outside the root
+    assert info.value.errno == errno.ELOOP and info.value.target == "/x/web/memory.max"
+    with pytest.raises(UnsafePathError):
+        web.read("../web/cpu.max")
+    assert web.fd == -1  # file reads needed no directory descriptor
+    assert web.has("cpu.max") and web.fd >= 0
+    web.release()
+    for rel in ("escape", "web/inner"):  # the directory itself is reached under the same rules
+        link = safefs.GroupDir(-1, f"/x/{rel}", ("x",), base_fd=fd, rel=rel)
+        with pytest.raises(DriverError) as info:
+            link.read_optional("secret")
+        assert info.value.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR)
+        with pytest.raises(UnsafePathError):
+            link.subdirs()
+
+
 def test_write_errors_name_the_file_the_value_and_the_kernel_error(tree: tuple[Path, int, int]) -> None:
     _, fd, _ = tree
     web = safefs.GroupDir(os.open("web", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), "/x/web", ("web",))
