@@ -129,18 +129,24 @@ def stale_retry(trees: Sequence[Tree], body: Callable[[], T]) -> T:
 class WriteContext:
     """What a knob writer may read first: the group's own files and its parent's (same hierarchy).
 
-    ``known`` holds files whose content is known without reading them: those of a group created in
-    this apply that nothing has written yet still hold the kernel's defaults for a new group."""
+    Files in ``untouched`` are known without reading them: in a group created in this apply, those
+    nothing has written yet still hold the kernel's defaults for a new group (``defaults``)."""
 
     def __init__(
-        self, gd: GroupDir, tree: Tree, group: GroupPath, known: Mapping[str, str] | None = None
+        self,
+        gd: GroupDir,
+        tree: Tree,
+        group: GroupPath,
+        untouched: Collection[str] = (),
+        defaults: Mapping[str, str] | None = None,
     ) -> None:
         self.gd, self.tree, self.group = gd, tree, group
-        self.known = known or {}
+        self.untouched, self.defaults = untouched, defaults or {}
 
     def read(self, file: str) -> str | None:
-        text = self.known.get(file)
-        return text if text is not None else self.gd.read_optional(file)
+        if file in self.untouched:
+            return self.defaults[file]
+        return self.gd.read_optional(file)
 
     def read_parent(self, file: str) -> str | None:
         parts = self.tree.rel(self.group)[:-1]

@@ -332,10 +332,8 @@ class V1Ops:
 
         def write() -> None:
             gd = self._open_healing(tree, path)
-            known = None
-            if untouched:
-                known = {file: v1.NEW_GROUP_FILES[file] for file in untouched}
-            alternatives = spec.write(value, device, WriteContext(gd, tree, path, known))
+            context = WriteContext(gd, tree, path, untouched or (), v1.NEW_GROUP_FILES)
+            alternatives = spec.write(value, device, context)
             if untouched:  # whatever happens next, these files may no longer hold the defaults
                 for writes in alternatives:
                     untouched.difference_update(file for file, _ in writes)
