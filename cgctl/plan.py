@@ -343,8 +343,10 @@ def make_plan(inp: PlanInput) -> Plan:
     caps = inp.capabilities
     observed = inp.observed
 
+    absent = ObservedGroup(exists=False)  # one for every group not there: the planner never changes it
+
     def seen(path: GroupPath) -> ObservedGroup:
-        return observed.get(path) or ObservedGroup(exists=False)
+        return observed.get(path) or absent
 
     # 1. What each group should have written: desired settings that differ, plus resets.
     settings: dict[GroupPath, list[Op]] = {}
