@@ -5,7 +5,10 @@
   also prepares its root's cpuset as cgctl does, so its cpuset groups can hold tasks too), and
 * libcgroup's ``cgconfigparser`` (Debian ``cgroup-tools``) creating the same groups with the same limits,
 
-all measured in the same run, alternating, median of R rounds. Also: a re-apply of the unchanged policy
+all measured in the same run, alternating, median of R rounds. Each tool's CPU time (user + sys of its
+process) is shown too: on a shared machine wall time follows the other tenants' load, and the CPU
+split says where a difference comes from (cgctl's Python in user time, the kernel's cgroup work in sys
+time). Also: a re-apply of the unchanged policy
 (time, and the number of write operations it performed: must be zero), once as it normally runs (the
 validated policy comes from cgctl's cache, written by the first apply) and once "cold" (an empty cache
 directory: PyYAML, parse and schema walk included), and ``cgctl freeze``/``thaw`` whole-process
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,15 +56,33 @@ def write_policy(path: Path, root: str, n: int) -> None:
     path.write_text("".join(lines))
 
 
-def cgctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+# (user, sys) CPU seconds of the last command run by timed(): every figure is a child process's.
+Cpu = tuple[float, float]
+
+
+def timed(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[float, Cpu, subprocess.CompletedProcess[str]]:
+    """Run ``cmd``: its wall time, its CPU time (from the children's rusage, one child at a time), and
+    the completed process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "cgctl", *args], capture_output=True, text=True, env=env, cwd=REPO
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime), proc
+
+
+def cgctl(env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    elapsed, _cpu, proc = cgctl_cpu(env, *args)
+    return elapsed, proc
+
+
+def cgctl_cpu(env: dict[str, str], *args: str) -> tuple[float, Cpu, subprocess.CompletedProcess[str]]:
+    elapsed, cpu, proc = timed([sys.executable, "-m", "cgctl", *args], env=env, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"cgctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return elapsed, proc
+    return elapsed, cpu, proc
 
 
 RAW_SCRIPT = r"""
@@ -101,13 +123,14 @@ else:
 """
 
 
-def raw(root: str, n: int, mode: str, hierarchies: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", RAW_SCRIPT, root, str(n), mode, ",".join(hierarchies)], check=True)
-    return time.perf_counter() - start
+def raw(root: str, n: int, mode: str, hierarchies: list[str]) -> tuple[float, Cpu]:
+    elapsed, cpu, proc = timed([sys.executable, "-c", RAW_SCRIPT, root, str(n), mode, ",".join(hierarchies)])
+    if proc.returncode != 0:
+        raise SystemExit(f"the raw script failed ({proc.returncode}):\n{proc.stderr}")
+    return elapsed, cpu
 
 
-def cgconfigparser(root: str, n: int, tmp: Path, hierarchies: list[str]) -> float | None:
+def cgconfigparser(root: str, n: int, tmp: Path, hierarchies: list[str]) -> tuple[float, Cpu] | None:
     """The same groups as cgctl's: a directory in every hierarchy cgctl created one in (so the same
     mkdirs) and the same four limit writes."""
     exe = shutil.which("cgconfigparser")
@@ -125,9 +148,16 @@ def cgconfigparser(root: str, n: int, tmp: Path, hierarchies: list[str]) -> floa
     for i in range(n):
         parts.append(f"group {root}/g{i} {{ {per_group} }}\n")
     conf.write_text("".join(parts))
-    start = time.perf_counter()
-    subprocess.run([exe, "-l", str(conf)], check=True, capture_output=True)
-    return time.perf_counter() - start
+    elapsed, cpu, proc = timed([exe, "-l", str(conf)])
+    if proc.returncode != 0:
+        raise SystemExit(f"cgconfigparser failed ({proc.returncode}):\n{proc.stderr}")
+    return elapsed, cpu
+
+
+def _cpu_text(name: str, samples: list[Cpu]) -> str:
+    user = statistics.median(u for u, _ in samples)
+    system = statistics.median(s for _, s in samples)
+    return f"{name} {user + system:.3f} s (user {user:.3f}, sys {system:.3f})"
 
 
 def hierarchies_of(root: str) -> list[str]:
@@ -163,6 +193,8 @@ def main() -> None:
             t_conf: list[float] = []
             t_re: list[float] = []
             t_cold: list[float] = []
+            cpu: dict[str, list[Cpu]] = {"cgctl": [], "raw": [], "cgconfigparser": []}
+            load_before = os.getloadavg()[0]
             reapply_ops = -1
             for _ in range(args.rounds):
                 root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
@@ -170,8 +202,9 @@ def main() -> None:
                 write_policy(policy, root, n)
                 shutil.rmtree(tmp / "state", ignore_errors=True)
                 try:
-                    elapsed, _ = cgctl(env, "apply", str(policy))
+                    elapsed, used, _ = cgctl_cpu(env, "apply", str(policy))
                     t_cgctl.append(elapsed)
+                    cpu["cgctl"].append(used)
                     hierarchies = hierarchies_of(root)
                     elapsed, proc = cgctl(env, "apply", str(policy), "--output", "json")
                     t_re.append(elapsed)
@@ -186,14 +219,17 @@ def main() -> None:
                     kernel.remove_tree(root)
                 root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
                 try:
-                    t_raw.append(raw(root, n, mode, hierarchies))
+                    elapsed, used = raw(root, n, mode, hierarchies)
+                    t_raw.append(elapsed)
+                    cpu["raw"].append(used)
                 finally:
                     kernel.remove_tree(root)
                 root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
                 try:
                     conf = cgconfigparser(root, n, tmp, hierarchies)
                     if conf is not None:
-                        t_conf.append(conf)
+                        t_conf.append(conf[0])
+                        cpu["cgconfigparser"].append(conf[1])
                 finally:
                     kernel.remove_tree(root)
             m_cgctl, m_raw = statistics.median(t_cgctl), statistics.median(t_raw)
@@ -202,6 +238,11 @@ def main() -> None:
                 f"{n:>6} {m_cgctl:>9.3f} {m_raw:>8.3f} {m_conf:>9.3f} {m_cgctl / m_raw:>10.2f} "
                 f"{m_conf / m_cgctl:>13.2f} {statistics.median(t_re):>10.3f} "
                 f"{statistics.median(t_cold):>7.3f} {reapply_ops:>12}"
+            )
+            print(
+                "#        CPU time, median: "
+                + "; ".join(_cpu_text(name, samples) for name, samples in cpu.items() if samples)
+                + f"; load average {load_before:.1f} → {os.getloadavg()[0]:.1f}"
             )
         freeze_latency(env, tmp)
 
