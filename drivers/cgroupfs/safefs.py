@@ -151,11 +151,11 @@ def resolve_beneath(
 class GroupDir:
     """A cgroup directory. Files are opened relative to it, by plain name, never following links.
 
-    Usually the directory is open (``fd``). One made by :meth:`Tree.by_path` is not opened until
-    something needs its descriptor: its files are opened with ``openat2`` from the mount by their
-    relative path (``base_fd`` and ``rel``), under the same rules as the directory itself. Writing a
-    new group's few limits then takes no directory open and close (2 of 6 syscalls per group and
-    hierarchy on v1)."""
+    Usually the directory is open (``fd``). One this process has just created (:meth:`Tree.created`)
+    is handed out by :meth:`Tree.cached` unopened, until something needs its descriptor: its files are
+    opened with ``openat2`` from the mount by their relative path (``base_fd`` and ``rel``), under the
+    same rules as the directory itself. Writing a new group's few limits then takes no directory open
+    and close (2 of 6 syscalls per group and hierarchy on v1)."""
 
     __slots__ = ("base_fd", "borrowed", "display", "fd", "group", "rel")
 
@@ -404,7 +404,9 @@ class Tree:
         """Drop cached handles of a removed directory and everything below it."""
         for key in [k for k in self._cache if k[: len(parts)] == parts]:
             self._cache.pop(key).release()
-        self._fresh -= {k for k in self._fresh if k[: len(parts)] == parts}
+        # Only the directory itself: one with children cannot be removed, so theirs stay true. (A scan
+        # of every directory made in this run, per removal, would make a rollback quadratic.)
+        self._fresh.discard(parts)
 
     def clear_cache(self) -> None:
         while self._cache:
