@@ -194,7 +194,6 @@ def main() -> None:
             t_re: list[float] = []
             t_cold: list[float] = []
             cpu: dict[str, list[Cpu]] = {"cgctl": [], "raw": [], "cgconfigparser": []}
-            load_before = os.getloadavg()[0]
             reapply_ops = -1
             for _ in range(args.rounds):
                 root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
@@ -239,10 +238,17 @@ def main() -> None:
                 f"{m_conf / m_cgctl:>13.2f} {statistics.median(t_re):>10.3f} "
                 f"{statistics.median(t_cold):>7.3f} {reapply_ops:>12}"
             )
+            # The same ratios within each round (its three runs follow each other within seconds), so
+            # that a machine slowing down or speeding up between rounds does not skew them.
+            per_raw = statistics.median(c / r for c, r in zip(t_cgctl, t_raw, strict=True))
+            paired = f"cgctl/raw {per_raw:.2f}"
+            if t_conf:
+                per_conf = statistics.median(f / c for c, f in zip(t_cgctl, t_conf, strict=True))
+                paired += f", cgconf/cgctl {per_conf:.2f}"
+            print(f"#        per-round ratios, median: {paired}")
             print(
                 "#        CPU time, median: "
                 + "; ".join(_cpu_text(name, samples) for name, samples in cpu.items() if samples)
-                + f"; load average {load_before:.1f} → {os.getloadavg()[0]:.1f}"
             )
         freeze_latency(env, tmp)
 
