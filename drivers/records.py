@@ -19,7 +19,8 @@ What it does, as ``@dataclass`` does it:
 * a method the class defines itself is kept, and ``__post_init__`` is called when there is one.
 
 Instances pickle as dataclass instances do (their ``__dict__``). mypy reads the decorator through
-``typing.dataclass_transform``.
+``typing.dataclass_transform``. ``cgctl/`` and ``drivers/`` use it; ``exporters/`` keeps stdlib
+dataclasses (it needs ``slots=True``, and only the long-running agent loads it).
 """
 
 from __future__ import annotations
