@@ -368,8 +368,7 @@ class _Walk:
         if len(path) > MAX_DEPTH:
             source.issue(key_node, loc, f"groups nest deeper than {MAX_DEPTH} levels below the root")
             return
-        resources: dict[SettingKey, Value] = {}
-        origins: dict[SettingKey, SourceRef] = {}
+        settings = _Settings(source)
         frozen: bool | None = None
         children: yaml.Node | None = None
         shape = self.shape(node, loc)
@@ -378,26 +377,30 @@ class _Walk:
         if shape == WALK:
             for key, child_key, value in source.entries(node, loc):
                 if key == "cpu":
-                    self.cpu(value, (*loc, key), resources, origins)
+                    self.cpu(value, (*loc, key), settings)
                 elif key == "memory":
-                    self.memory(value, (*loc, key), resources, origins)
+                    self.memory(value, (*loc, key), settings)
                 elif key == "io":
-                    self.io(value, (*loc, key), resources, origins)
+                    self.io(value, (*loc, key), settings)
                 elif key == "pids":
                     values = self.leaves(value, (*loc, key), PIDS_FIELDS)
                     if values and "max" in values:
-                        _put(source, resources, origins, Knob.PIDS_MAX, values["max"])
+                        settings.put(Knob.PIDS_MAX, values["max"])
                 elif key == "frozen":
                     parsed = self.leaf(_BOOL, value, loc, key)
                     if parsed is not _BAD:
                         frozen = parsed
-                        origins["frozen"] = source.ref(value)
+                        settings.origins["frozen"] = source.ref(value)
                 elif key == "groups":
                     children = value
                 else:
                     self.unknown(key, child_key, value, loc, GROUP_FIELDS, group_hint=True)
         spec = GroupSpec(
-            path=path, resources=resources, frozen=frozen, origin=source.ref(key_node), origins=origins
+            path=path,
+            resources=settings.resources,
+            frozen=frozen,
+            origin=source.ref(key_node),
+            origins=settings.origins,
         )
         self.model.groups.append(spec)
         if parent is not None:
@@ -405,19 +408,13 @@ class _Walk:
         if children is not None:
             self.groups(children, (*loc, "groups"), path, spec)
 
-    def cpu(
-        self,
-        node: yaml.Node,
-        loc: Loc,
-        resources: dict[SettingKey, Value],
-        origins: dict[SettingKey, SourceRef],
-    ) -> None:
+    def cpu(self, node: yaml.Node, loc: Loc, settings: _Settings) -> None:
         values = self.leaves(node, loc, CPU_FIELDS)
         if not values:
             return
         source = self.source
         if "weight" in values:
-            _put(source, resources, origins, Knob.CPU_WEIGHT, values["weight"])
+            settings.put(Knob.CPU_WEIGHT, values["weight"])
         if "max" in values or "period" in values:
             where = "max" if "max" in values else "period"
             quota: units.CpuQuota = values["max"][0] if "max" in values else units.CpuQuota()
@@ -427,34 +424,26 @@ class _Walk:
             except ValueError as exc:
                 source.issue(values[where][1], (*loc, where), str(exc))
             else:
-                _put(source, resources, origins, Knob.CPU_MAX, (value, values[where][1]))
+                settings.put(Knob.CPU_MAX, (value, values[where][1]))
         if "cpus" in values:
-            _put(source, resources, origins, Knob.CPUSET_CPUS, values["cpus"])
+            settings.put(Knob.CPUSET_CPUS, values["cpus"])
         if "mems" in values:
-            _put(source, resources, origins, Knob.CPUSET_MEMS, values["mems"])
+            settings.put(Knob.CPUSET_MEMS, values["mems"])
 
-    def memory(
-        self,
-        node: yaml.Node,
-        loc: Loc,
-        resources: dict[SettingKey, Value],
-        origins: dict[SettingKey, SourceRef],
-    ) -> None:
+    def memory(self, node: yaml.Node, loc: Loc, settings: _Settings) -> None:
         values = self.leaves(node, loc, MEMORY_FIELDS)
         if not values:
             return
-        source = self.source
-        ordered: list[
-            tuple[str, int, yaml.Node]
-        ] = []  # explicit finite limits, in min ≤ low ≤ high ≤ max order
+        # Explicit finite limits, in min ≤ low ≤ high ≤ max order.
+        ordered: list[tuple[str, int, yaml.Node]] = []
         for name, knob in _MEMORY_KNOBS:
             if name in values:
                 value, value_node = values[name]
-                _put(source, resources, origins, knob, values[name])
+                settings.put(knob, values[name])
                 if value is not None and knob is not Knob.MEMORY_SWAP_MAX:
                     ordered.append((name, value, value_node))
         if "oom_group" in values:
-            _put(source, resources, origins, Knob.MEMORY_OOM_GROUP, values["oom_group"])
+            settings.put(Knob.MEMORY_OOM_GROUP, values["oom_group"])
         # The kernel accepts any order, but a protection above a limit or high above max never acts:
         # legal yet almost certainly a typo, so a warning rather than an error.
         for (low_name, low, low_node), (high_name, high, _node) in itertools.pairwise(ordered):
@@ -462,13 +451,7 @@ class _Walk:
                 message = f"{units.format_size(low)} is above memory.{high_name} ({units.format_size(high)})"
                 self.warn(low_node, (*loc, low_name), message + _ORDER_EFFECT[low_name])
 
-    def io(
-        self,
-        node: yaml.Node,
-        loc: Loc,
-        resources: dict[SettingKey, Value],
-        origins: dict[SettingKey, SourceRef],
-    ) -> None:
+    def io(self, node: yaml.Node, loc: Loc, settings: _Settings) -> None:
         if self.shape(node, loc) != WALK:
             return
         source = self.source
@@ -476,19 +459,13 @@ class _Walk:
             if key == "weight":
                 weight = self.leaf(_WEIGHT, value, loc, key)
                 if weight is not _BAD:
-                    _put(source, resources, origins, Knob.IO_WEIGHT, (weight, value))
+                    settings.put(Knob.IO_WEIGHT, (weight, value))
             elif key == "max":
-                self.io_max(value, (*loc, key), resources, origins)
+                self.io_max(value, (*loc, key), settings)
             else:
                 self.unknown(key, key_node, value, loc, IO_FIELDS)
 
-    def io_max(
-        self,
-        node: yaml.Node,
-        loc: Loc,
-        resources: dict[SettingKey, Value],
-        origins: dict[SettingKey, SourceRef],
-    ) -> None:
+    def io_max(self, node: yaml.Node, loc: Loc, settings: _Settings) -> None:
         """``io.max``: a list of per-device limits; devices are resolved once every entry is valid."""
         source = self.source
         if source.refused(node, loc):
@@ -532,8 +509,8 @@ class _Walk:
             seen[device] = (device_ref, spec)
             key = setting_key(Knob.IO_MAX, device)
             limits = {name: values[name][0] for name in ("rbps", "wbps", "riops", "wiops") if name in values}
-            resources[key] = IoMax(**limits)
-            origins[key] = source.ref(item)
+            settings.resources[key] = IoMax(**limits)
+            settings.origins[key] = source.ref(item)
 
     def cpuset_within_parent(self, loc: Loc, spec: GroupSpec, parent: GroupSpec) -> None:
         for knob, name in ((Knob.CPUSET_CPUS, "cpus"), (Knob.CPUSET_MEMS, "mems")):
@@ -557,13 +534,18 @@ class _Walk:
         self.model.warnings.append(PolicyIssue.at(self.source.ref(node), dotted(loc), message))
 
 
-def _put(
-    source: Source,
-    resources: dict[SettingKey, Value],
-    origins: dict[SettingKey, SourceRef],
-    knob: Knob,
-    value: tuple[Any, yaml.Node],
-) -> None:
-    key = _SETTING_KEY[knob]
-    resources[key] = value[0]
-    origins[key] = source.ref(value[1])
+class _Settings:
+    """One group's settings as its sections are read: each value, and where it is written."""
+
+    __slots__ = ("origins", "resources", "source")
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.resources: dict[SettingKey, Value] = {}
+        self.origins: dict[SettingKey, SourceRef] = {}
+
+    def put(self, knob: Knob, value: tuple[Any, yaml.Node]) -> None:
+        """Set ``knob`` from a (parsed value, its node) pair."""
+        key = _SETTING_KEY[knob]
+        self.resources[key] = value[0]
+        self.origins[key] = self.source.ref(value[1])

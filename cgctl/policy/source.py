@@ -67,7 +67,6 @@ MAX_NODES = 2_000_000
 MAX_NESTING = 100
 
 
-
 def dotted(loc: Loc) -> str:
     """``('groups', 'web', 'io', 'max', 0, 'device')`` → ``groups.web.io.max[0].device``."""
     out = ""
