@@ -515,9 +515,11 @@ def populated(gd: GroupDir, observed: Observed | None = None) -> bool:
 
 
 def _dir_in(dirs: dict[Tree, GroupDir | None], tree: Tree, path: GroupPath) -> GroupDir | None:
-    """The group's directory in ``tree``, opened on first use (None: not there)."""
+    """The group's directory in ``tree`` for reading, made on first use (see Tree.for_reading: the
+    primary hierarchy's, already open, says whether the group exists; the others' files are read by
+    path, which saves a directory open and close per group and hierarchy)."""
     if tree not in dirs:
-        dirs[tree] = tree.try_open(path)
+        dirs[tree] = tree.for_reading(path)
     return dirs[tree]
 
 

@@ -216,7 +216,12 @@ class GroupDir:
         try:
             return self._open_file(name, flags)
         except OSError as exc:
-            raise error("open", self.path_of(name), exc, group=self.group) from None
+            raise self._open_error(name, exc) from None
+
+    def _open_error(self, name: str, exc: OSError) -> DriverError:
+        # Opened by path, a link or mount anywhere on the way is refused as resolving the directory is.
+        op = "resolve" if self.fd < 0 and self.rel and exc.errno in _ESCAPE_ERRNOS else "open"
+        return error(op, self.path_of(name), exc, group=self.group)
 
     def has(self, name: str) -> bool:
         check_name(name)
@@ -252,7 +257,7 @@ class GroupDir:
         except OSError as exc:
             if exc.errno in (errno_mod.ENOENT, errno_mod.ENODEV):
                 return None
-            raise error("open", self.path_of(name), exc, group=self.group) from None
+            raise self._open_error(name, exc) from None
         try:
             data = os.read(fd, 65536)
             if len(data) == 65536:
@@ -429,6 +434,15 @@ class Tree:
 
     def open(self, group: GroupPath) -> GroupDir:
         return self.open_rel(self.rel(group), group)
+
+    def for_reading(self, group: GroupPath) -> GroupDir | None:
+        """A handle for reading the group's files that opens nothing itself: each file is opened by its
+        path from the mount (openat2, the same rules), and a missing directory reads as missing files.
+        Where the kernel lacks openat2, the directory is opened now (None if it is not there)."""
+        if _openat2_available:
+            parts = self.rel(group)
+            return GroupDir(-1, self._display(parts), group, base_fd=self.fd, rel="/".join(parts))
+        return self.try_open(group)
 
     def try_open(self, group: GroupPath) -> GroupDir | None:
         """The group's directory, or None if it does not exist."""
