@@ -11,8 +11,8 @@ is read from ``/proc/self/mountinfo`` on first use.
 
 from __future__ import annotations
 
+import _thread  # threading.Lock and RLock are these; the threading module costs ~1 ms of every start
 import os
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import ClassVar, ParamSpec, TypeVar
@@ -51,7 +51,7 @@ class CgroupfsDriver(Driver):
     def __init__(self, options: DriverOptions) -> None:
         super().__init__(options)
         self._ops: V1Ops | V2Ops | None = None
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         # seconds from the freeze/thaw write to the kernel's confirmation, for benchmarks and logs
         self.last_confirmation_seconds: float | None = None
         self._last_yield = time.monotonic()

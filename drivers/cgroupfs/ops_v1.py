@@ -14,9 +14,9 @@ tasks, so create copies the parent's; moving into an empty cpuset is refused wit
 
 from __future__ import annotations
 
+import _thread  # threading.Lock and RLock are these; the threading module costs ~1 ms of every start
 import errno as errno_mod
 import os
-import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 
@@ -96,7 +96,7 @@ class V1Ops:
         # every distinct tree, primary first
         self.trees: list[Tree] = [self.primary, *(t for t in by_mount.values() if t is not self.primary)]
         # serializes the writes that use the trees' cached directory handles
-        self._lock = threading.RLock()
+        self._lock = _thread.RLock()
 
     def close(self) -> None:
         for tree in self.trees:
