@@ -86,12 +86,13 @@ def _openat2(dir_fd: int, rel: str, flags: int) -> int:
     if how is None:
         how = _open_how[flags] = ctypes.byref(_OpenHow(flags, 0, _RESOLVE))
     # ctypes passes the int as a C int and the bytes as a char *; the other arguments are made once
-    # (building them per call was a fifth of the call's cost, thousands of calls per apply).
-    fd = _syscall(_SYSNO_OPENAT2, dir_fd, os.fsencode(rel), how, _OPEN_HOW_SIZE)
+    # (building them per call was a fifth of the call's cost, thousands of calls per apply). The path is
+    # encoded as os.fsencode does, without its Python-level call; restype c_long gives a Python int.
+    fd: int = _syscall(_SYSNO_OPENAT2, dir_fd, rel.encode("utf-8", "surrogateescape"), how, _OPEN_HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return int(fd)
+    return fd
 
 
 def _walk(dir_fd: int, names: tuple[str, ...], root_dev: int) -> int:
