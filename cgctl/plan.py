@@ -213,18 +213,20 @@ def _as_limit(value: Value) -> float:
     return float(value)
 
 
+def _rank(op: Op) -> tuple[int, str]:
+    assert op.key is not None
+    return _KNOB_ORDER[split_key(op.key)[0]], op.key
+
+
+_HIGH, _MAX, _SWAP_MAX = Knob.MEMORY_HIGH.value, Knob.MEMORY_MAX.value, Knob.MEMORY_SWAP_MAX.value
+
+
 def _order_settings(ops: list[Op]) -> list[Op]:
     if len(ops) < 2:
         return ops
-
-    def rank(op: Op) -> tuple[int, str]:
-        assert op.key is not None
-        knob, _ = split_key(op.key)
-        return _KNOB_ORDER[knob], op.key
-
-    ordered = sorted(ops, key=rank)
-    by_knob = {split_key(op.key)[0]: op for op in ordered if op.key is not None}
-    high, mx = by_knob.get(Knob.MEMORY_HIGH), by_knob.get(Knob.MEMORY_MAX)
+    ordered = sorted(ops, key=_rank)
+    by_key = {op.key: op for op in ordered}  # memory.high/max have no device: key is the knob
+    high, mx = by_key.get(_HIGH), by_key.get(_MAX)
     if high is not None and mx is not None and _as_limit(high.new) > _as_limit(high.old):
         # memory.high is being raised: raise (or set) memory.max first, so high never sits above
         # a stale lower max; when high is lowered it goes first so reclaim starts gently.
@@ -312,10 +314,10 @@ def _check_swap_needs_memory_limit(
 ) -> None:
     """A finite swap limit where memory stays unlimited cannot be written on cgroup v1 (memsw is
     memory + swap): an error in the plan, not a failed (and rolled back) apply."""
-    swap_key = Knob.MEMORY_SWAP_MAX.value
+    swap_key = _SWAP_MAX
     if spec.resources.get(swap_key) is None:
         return
-    memory_key = Knob.MEMORY_MAX.value
+    memory_key = _MAX
     if memory_key in spec.resources:
         memory = spec.resources[memory_key]
     elif memory_key in inp.last_applied.get(path, frozenset()) or not now.exists:
@@ -388,7 +390,8 @@ def make_plan(inp: PlanInput) -> Plan:
                         inp.where(path, key),
                     )
                 )
-        for key in sorted(inp.last_applied.get(path, frozenset()) - set(spec.resources)):
+        applied = inp.last_applied.get(path)
+        for key in sorted(applied - spec.resources.keys()) if applied else ():
             knob, _ = split_key(key)
             if knob in caps.unsupported or not now.exists:
                 continue

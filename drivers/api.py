@@ -62,7 +62,11 @@ class Knob(enum.StrEnum):
     @property
     def controller(self) -> str:
         """The v2 controller that owns the knob (what must be in the parent's subtree_control)."""
-        return self.value.split(".", 1)[0]
+        return _CONTROLLERS[self]
+
+
+# Knob → its controller, computed once (the planner asks for every setting of every group).
+_CONTROLLERS: dict[Knob, str] = {knob: knob.value.split(".", 1)[0] for knob in Knob}
 
 
 @record(frozen=True, order=True)
