@@ -58,6 +58,7 @@ DeviceLookup = Callable[[str], "str | ValueError"]
 
 _NO_VALUE = "has no value (leave the key out, or write a value)"
 _MAPPING = "must be a mapping (key: value)"
+_INCLUDE_SHAPE = "must be a file or directory name, or a list of them"
 _MEMO_LIMIT = 4096
 
 
@@ -337,10 +338,10 @@ class _Walk:
             elif isinstance(value, str):
                 self.model.include.append((value, source.ref(node), "include"))
             else:
-                source.issue(node, loc, "must be a file or directory name, or a list of them")
+                source.issue(node, loc, _INCLUDE_SHAPE)
             return
         if node.__class__ is not SequenceNode:
-            source.issue(node, loc, "must be a file or directory name, or a list of them")
+            source.issue(node, loc, _INCLUDE_SHAPE)
             return
         for index, item in source.items(node, loc):
             name = self.leaf(_STRING, item, loc, index)

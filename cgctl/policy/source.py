@@ -103,8 +103,7 @@ class Source:
         return SourceRef(self.file, mark.line + 1, mark.column + 1)
 
     def issue(self, node: yaml.Node, loc: Loc, message: str) -> None:
-        mark = node.start_mark
-        self.issues.append(PolicyIssue(self.file, mark.line + 1, mark.column + 1, dotted(loc), message))
+        self.issues.append(PolicyIssue.at(self.ref(node), dotted(loc), message))
 
     def refused(self, node: yaml.Node, loc: Loc) -> bool:
         """True, once reported, if ``node`` carries a tag cgctl does not read: its value counts as
@@ -264,11 +263,8 @@ def parse_source(text: str, file: str) -> tuple[Source, yaml.MappingNode | None]
 
 
 def too_large_issue(source: Source, exc: TooLarge) -> PolicyIssue:
-    mark = exc.node.start_mark
-    return PolicyIssue(
-        source.file,
-        mark.line + 1,
-        mark.column + 1,
+    return PolicyIssue.at(
+        source.ref(exc.node),
         "",
         f"the document is too large or nested too deeply (over {MAX_NODES} nodes or {MAX_NESTING}"
         " levels, e.g. through aliases)",

@@ -391,7 +391,7 @@ class Tree:
             self._cache.move_to_end(parts)
             return gd
         if parts in self._fresh and _openat2_available:
-            gd = GroupDir(-1, self._display(parts), group, base_fd=self.fd, rel="/".join(parts))
+            gd = self._by_path(parts, group)
         else:
             gd = self.open_rel(parts, group)
         gd.borrowed = True
@@ -441,9 +441,12 @@ class Tree:
         path from the mount (openat2, the same rules), and a missing directory reads as missing files.
         Where the kernel lacks openat2, the directory is opened now (None if it is not there)."""
         if _openat2_available:
-            parts = self.rel(group)
-            return GroupDir(-1, self._display(parts), group, base_fd=self.fd, rel="/".join(parts))
+            return self._by_path(self.rel(group), group)
         return self.try_open(group)
+
+    def _by_path(self, parts: tuple[str, ...], group: GroupPath) -> GroupDir:
+        """An unopened handle whose files are opened by path from the mount (openat2 only)."""
+        return GroupDir(-1, self._display(parts), group, base_fd=self.fd, rel="/".join(parts))
 
     def try_open(self, group: GroupPath) -> GroupDir | None:
         """The group's directory, or None if it does not exist."""
