@@ -4,6 +4,9 @@
 * a raw Python script doing the very same mkdir/write syscalls (os.mkdir + os.open/os.write; on v1 it
   also prepares its root's cpuset as cgctl does, so its cpuset groups can hold tasks too), and
 * libcgroup's ``cgconfigparser`` (Debian ``cgroup-tools``) creating the same groups with the same limits,
+* the raw script again, after reading cgctl's policy file with PyYAML's C parser: the floor for any
+  tool that takes this policy (no parse, no plan, no state), which shows how far each ratio target can
+  be reached at all on this machine,
 
 all measured in the same run, alternating, median of R rounds. Each tool's CPU time (user + sys of its
 process) is shown too: on a shared machine wall time follows the other tenants' load, and the CPU
@@ -88,6 +91,13 @@ def cgctl_cpu(env: dict[str, str], *args: str) -> tuple[float, Cpu, subprocess.C
 RAW_SCRIPT = r"""
 import os, sys
 root, n, mode, hierarchies = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(",")
+if len(sys.argv) > 5:  # the floor: read the policy file first, as any tool taking it must
+    import yaml
+    class Nodes(yaml.CSafeLoader):  # the fastest read we know: nodes only, no implicit typing (as cgctl)
+        def resolve(self, kind, value, implicit):
+            return "tag:yaml.org,2002:str"
+    with open(sys.argv[5], "rb") as f:
+        yaml.compose(f, Loader=Nodes)
 def put(path, value):
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -123,8 +133,11 @@ else:
 """
 
 
-def raw(root: str, n: int, mode: str, hierarchies: list[str]) -> tuple[float, Cpu]:
-    elapsed, cpu, proc = timed([sys.executable, "-c", RAW_SCRIPT, root, str(n), mode, ",".join(hierarchies)])
+def raw(
+    root: str, n: int, mode: str, hierarchies: list[str], policy: Path | None = None
+) -> tuple[float, Cpu]:
+    cmd = [sys.executable, "-c", RAW_SCRIPT, root, str(n), mode, ",".join(hierarchies)]
+    elapsed, cpu, proc = timed([*cmd, str(policy)] if policy else cmd)
     if proc.returncode != 0:
         raise SystemExit(f"the raw script failed ({proc.returncode}):\n{proc.stderr}")
     return elapsed, cpu
@@ -190,6 +203,7 @@ def main() -> None:
         for n in [int(s) for s in args.sizes.split(",")]:
             t_cgctl: list[float] = []
             t_raw: list[float] = []
+            t_floor: list[float] = []
             t_conf: list[float] = []
             t_re: list[float] = []
             t_cold: list[float] = []
@@ -225,6 +239,11 @@ def main() -> None:
                     kernel.remove_tree(root)
                 root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
                 try:
+                    t_floor.append(raw(root, n, mode, hierarchies, policy)[0])
+                finally:
+                    kernel.remove_tree(root)
+                root = f"cgctl-bench-{uuid.uuid4().hex[:8]}"
+                try:
                     conf = cgconfigparser(root, n, tmp, hierarchies)
                     if conf is not None:
                         t_conf.append(conf[0])
@@ -249,6 +268,15 @@ def main() -> None:
             print(
                 "#        CPU time, median: "
                 + "; ".join(_cpu_text(name, samples) for name, samples in cpu.items() if samples)
+            )
+            # No tool that reads this policy can be faster than the floor: the best ratios reachable here.
+            m_floor = statistics.median(t_floor)
+            best = f"tool/raw {m_floor / m_raw:.2f}, cgconf/tool {m_conf / m_floor:.2f}"
+            print(
+                f"#        floor (raw script + parsing the policy with PyYAML's C parser): {m_floor:.3f} s, "
+                f"so the best any tool reading this policy can reach here is {best} (the raw script "
+                f"alone: cgconf/raw {m_conf / m_raw:.2f}); cgctl above the raw script: "
+                f"{(m_cgctl - m_raw) / n * 1e6:.0f} µs per group"
             )
         freeze_latency(env, tmp)
 
