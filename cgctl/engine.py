@@ -13,7 +13,7 @@ from drivers.api import Capabilities, Driver, GroupPath, ObservedGroup, SettingK
 from drivers.records import record
 
 from .apply import DEFAULT_FREEZE_TIMEOUT, ApplyResult, execute
-from .plan import Describer, Op, Plan, PlanInput, keys_to_observe, make_plan, memory_lowered
+from .plan import Describer, Op, Plan, PlanInput, groups_to_type, keys_to_observe, make_plan, memory_lowered
 from .policy import Policy
 from .state import State
 
@@ -50,8 +50,7 @@ async def prepare(policy: Policy, driver: Driver, *, prune: bool = False) -> Pre
     # The planner looks at frozen state only where the policy sets `frozen`, and at populated only
     # when pruning: other groups' flags need not be read.
     flags_of = None if prune else [path for path, spec in policy.groups.items() if spec.frozen is not None]
-    # Memory usage matters only where a limit goes down (the plan warns when below usage): read it
-    # after a first plan, for those groups alone, and plan again.
+    # Memory usage and cgroup types are read after a first plan, where it writes (below).
     observed = await driver.observe(sorted(paths), keys, state=flags_of, usage=())
     observed_at = time.perf_counter()
     plan_input = PlanInput(
@@ -66,11 +65,20 @@ async def prepare(policy: Policy, driver: Driver, *, prune: bool = False) -> Pre
         effective=driver.effective_value,
     )
     plan = make_plan(plan_input)
+    # What only matters where the plan writes is read then, for those groups alone, and planned again:
+    # the memory usage where a limit goes down (the plan warns when below usage), and on v2 the
+    # cgroup.type where a group may be threaded (only threaded controllers work there).
     lowered = memory_lowered(plan, observed)
-    if lowered:
-        again = await driver.observe(lowered, {path: () for path in lowered}, state=(), usage=lowered)
+    typed = groups_to_type(plan, observed) if capabilities.needs_subtree_control else []
+    if lowered or typed:
+        again_paths = list(dict.fromkeys([*lowered, *typed]))
+        again = await driver.observe(
+            again_paths, {path: () for path in again_paths}, state=(), usage=lowered, types=typed
+        )
         for path in lowered:
             observed[path].memory_current = again[path].memory_current
+        for path in typed:
+            observed[path].cgroup_type = again[path].cgroup_type
         plan = make_plan(plan_input)
     timings = {
         "probe": probed - started,

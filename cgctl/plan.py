@@ -275,15 +275,45 @@ def _resets_under_shrinking(settings: dict[GroupPath, list[Op]], shrinking: list
     return sorted(deferred, key=lambda op: (len(op.path), op.path))
 
 
+# cgroup v2 threaded mode (cgroup-v2.rst, "Threads"): in a threaded subtree only the threaded controllers
+# work — of cgctl's knobs, cpu, cpuset and pids; memory and io act at its root (the "domain threaded"
+# group) only. Nothing makes a cgroup threaded but a write of "threaded" to its cgroup.type, which cgctl
+# never does; it only has to notice where someone else did.
+THREADED_CONTROLLERS = frozenset({"cpu", "cpuset", "pids"})
+_THREADED_TYPES = frozenset({"threaded", "domain invalid"})
+# A new child of one of these is created "domain invalid" (only the mount root may mix both kinds).
+_NO_DOMAIN_CHILDREN = frozenset({"threaded", "domain invalid", "domain threaded"})
+
+
+def _threaded_reason(now: ObservedGroup, parent: ObservedGroup, parent_reason: str | None) -> str | None:
+    """Why a group is, or will be created, inside a threaded subtree (None: it is a domain)."""
+    if now.exists:
+        return f"its cgroup.type is '{now.cgroup_type}'" if now.cgroup_type in _THREADED_TYPES else None
+    if parent.exists and parent.cgroup_type in _NO_DOMAIN_CHILDREN:
+        return f"it would be created 'domain invalid' under a '{parent.cgroup_type}' cgroup"
+    return "it would be created inside a threaded subtree" if parent_reason is not None else None
+
+
 def _check_value(
-    inp: PlanInput, path: GroupPath, key: SettingKey, knob: Knob, value: Value, issues: list[PlanIssue]
+    inp: PlanInput,
+    path: GroupPath,
+    key: SettingKey,
+    knob: Knob,
+    value: Value,
+    issues: list[PlanIssue],
+    threaded: str | None = None,
 ) -> bool:
-    """Host-dependent checks of one desired setting (``knob`` is the key's). Returns False when it must
-    be left out."""
+    """Host-dependent checks of one desired setting (``knob`` is the key's; ``threaded`` says why the
+    group is in a threaded subtree, if it is). Returns False when it must be left out."""
     caps = inp.capabilities
     reason = caps.unsupported.get(knob)
     if reason is None and caps.needs_subtree_control and knob.controller not in caps.controllers:
         reason = f"the {knob.controller} controller is not available to the managed root"
+    if reason is None and threaded is not None and knob.controller not in THREADED_CONTROLLERS:
+        reason = (
+            f"{threaded}, and {knob.controller} is not a threaded controller (in a threaded subtree only "
+            "cpu, cpuset and pids work)"
+        )
     if reason is not None:
         severity = Severity.WARNING if inp.on_unsupported == "warn" else Severity.ERROR
         suffix = " (left out: on_unsupported is warn)" if severity is Severity.WARNING else ""
@@ -354,14 +384,28 @@ def make_plan(inp: PlanInput) -> Plan:
     settings: dict[GroupPath, list[Op]] = {}
     shrinking: list[Op] = []  # v1 cpuset narrowing, written children-first after everything else
     needed_here: dict[GroupPath, set[str]] = {}
+    # v2 groups inside a threaded subtree, and why (only known where the engine read cgroup.type)
+    threaded: dict[GroupPath, str | None] = {(): _threaded_reason(seen(()), absent, None)}
     for path in _sorted_parents_first(inp.desired):
         spec = inp.desired[path]
         now = seen(path)
+        why = threaded[path] = _threaded_reason(now, seen(path[:-1]), threaded.get(path[:-1]))
+        if why is not None and not (now.exists and now.cgroup_type == "threaded"):
+            plan.issues.append(
+                PlanIssue(
+                    Severity.WARNING,
+                    path,
+                    None,
+                    f"{why}: a 'domain invalid' group can hold no processes until it is made threaded "
+                    "(echo threaded > cgroup.type)",
+                    inp.where(path, None),
+                )
+            )
         ops: list[Op] = []
         controllers: set[str] = set()
         for key, value in spec.resources.items():
             knob = split_key(key)[0]
-            if not _check_value(inp, path, key, knob, value, plan.issues):
+            if not _check_value(inp, path, key, knob, value, plan.issues, why):
                 continue
             controllers.add(knob.controller)
             if not now.exists:
@@ -395,6 +439,8 @@ def make_plan(inp: PlanInput) -> Plan:
             knob, _ = split_key(key)
             if knob in caps.unsupported or not now.exists:
                 continue
+            if why is not None and knob.controller not in THREADED_CONTROLLERS:
+                continue  # made threaded since: the file is gone, so there is nothing to reset
             default = KERNEL_DEFAULTS[knob]
             controllers.add(knob.controller)
             if key not in now.values or now.values[key] != inp.effective(key, default):
@@ -487,6 +533,24 @@ def memory_lowered(plan: Plan, observed: Mapping[GroupPath, ObservedGroup]) -> l
         ):
             out.append(op.path)
     return out
+
+
+def groups_to_type(plan: Plan, observed: Mapping[GroupPath, ObservedGroup]) -> list[GroupPath]:
+    """Existing groups whose cgroup.type decides whether the plan can work (v2 threaded mode): those it
+    writes or enables controllers in, and the parents of those it creates. A re-apply with nothing to
+    do reads none."""
+    out: dict[GroupPath, None] = {}
+    for op in plan.ops:
+        if op.kind is OpKind.CREATE:
+            path = op.path[:-1]
+        elif op.kind in (OpKind.SET, OpKind.RESET, OpKind.ENABLE):
+            path = op.path
+        else:
+            continue
+        seen = observed.get(path)
+        if seen is not None and seen.exists:
+            out[path] = None
+    return list(out)
 
 
 def keys_to_observe(

@@ -255,6 +255,9 @@ class ObservedGroup:
     memory_current: int | None = None
     # v2: the controllers in this group's cgroup.subtree_control (empty elsewhere).
     subtree_control: frozenset[str] = frozenset()
+    # v2: its cgroup.type ("domain", "threaded", "domain threaded", "domain invalid") where the caller
+    # asked for it (Driver.observe's ``types``); None elsewhere.
+    cgroup_type: str | None = None
     # The name people see for it on this driver (a cgroup path, a unit name).
     display: str = ""
 
@@ -413,6 +416,7 @@ class Driver(abc.ABC):
         *,
         state: Collection[GroupPath] | None = None,
         usage: Collection[GroupPath] | None = None,
+        types: Collection[GroupPath] = (),
     ) -> dict[GroupPath, ObservedGroup]:
         """Read the groups' state; ``keys`` says which settings to read for each path (others may be
         read too). Missing groups come back with ``exists=False``. The managed root ``()`` is always
@@ -420,7 +424,8 @@ class Driver(abc.ABC):
         needs (None: all); a driver may skip those reads for the others, whose flags then say False
         (a re-apply of 1000 unchanged v1 groups reads ~2000 files fewer). ``usage`` likewise names the
         groups whose ``memory_current`` the caller needs (None: every group whose memory limits are
-        read); the others may say None."""
+        read); the others may say None. ``types`` names the groups whose ``cgroup_type`` (v2 threaded
+        mode) the caller needs; drivers without such types leave it None."""
 
     @abc.abstractmethod
     async def create(self, path: GroupPath) -> None:

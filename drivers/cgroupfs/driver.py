@@ -151,12 +151,16 @@ class CgroupfsDriver(Driver):
         *,
         state: Collection[GroupPath] | None = None,
         usage: Collection[GroupPath] | None = None,
+        types: Collection[GroupPath] = (),
     ) -> dict[GroupPath, ObservedGroup]:
         wanted = list(paths)
         self._fresh.clear()
         with_state = None if state is None else frozenset(state)
         with_usage = None if usage is None else frozenset(usage)
-        return await self._blocking(lambda: self._get_ops().observe(wanted, keys, with_state, with_usage))
+        with_types = frozenset(types)
+        return await self._blocking(
+            lambda: self._get_ops().observe(wanted, keys, with_state, with_usage, with_types)
+        )
 
     async def _quick(self, call: Callable[[], None]) -> None:
         """Run a write the kernel finishes in microseconds on the loop's own thread (with a loop: inline

@@ -120,6 +120,7 @@ class V1Ops:
         keys: Mapping[GroupPath, Collection[SettingKey]],
         state: frozenset[GroupPath] | None = None,
         usage: frozenset[GroupPath] | None = None,
+        types: frozenset[GroupPath] = frozenset(),  # v1 has no threaded mode: cgroup_type stays None
     ) -> dict[GroupPath, ObservedGroup]:
         self._cloning.clear()
         self._untouched.clear()

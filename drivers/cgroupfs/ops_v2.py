@@ -50,6 +50,10 @@ from drivers.cgroupfs.mountinfo import CgroupLayout
 from drivers.cgroupfs.safefs import GroupDir, Tree
 
 
+def _cgroup_type(gd: GroupDir) -> str | None:
+    return (gd.read_optional("cgroup.type") or "").strip() or None
+
+
 class V2Ops:
     mode = CgroupMode.V2
 
@@ -77,6 +81,7 @@ class V2Ops:
         keys: Mapping[GroupPath, Collection[SettingKey]],
         state: frozenset[GroupPath] | None = None,
         usage: frozenset[GroupPath] | None = None,
+        types: frozenset[GroupPath] = frozenset(),
     ) -> dict[GroupPath, ObservedGroup]:
         out: dict[GroupPath, ObservedGroup] = {}
         for path in dict.fromkeys([(), *paths]):
@@ -100,6 +105,7 @@ class V2Ops:
                     populated=events.get("populated") == "1",
                     memory_current=current,
                     subtree_control=frozenset((gd.read_optional("cgroup.subtree_control") or "").split()),
+                    cgroup_type=_cgroup_type(gd) if path in types else None,
                     display=gd.display,
                 )
         return out

@@ -289,6 +289,7 @@ class SystemdDriver(Driver):
         *,
         state: Collection[GroupPath] | None = None,  # one GetAll per unit reads it anyway
         usage: Collection[GroupPath] | None = None,  # likewise (MemoryCurrent)
+        types: Collection[GroupPath] = (),  # systemd's units are domain cgroups: never threaded
     ) -> dict[GroupPath, ObservedGroup]:
         wanted = dict.fromkeys([(), *paths])
         results = await asyncio.gather(*(self._observe_one(path, keys.get(path, ())) for path in wanted))

@@ -54,6 +54,7 @@ class RecordingDriver(Driver):
         *,
         state: Collection[GroupPath] | None = None,
         usage: Collection[GroupPath] | None = None,
+        types: Collection[GroupPath] = (),
     ) -> dict[GroupPath, ObservedGroup]:
         return {p: ObservedGroup(exists=p in self.groups, values=dict(self.groups.get(p, {}))) for p in paths}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cgctl.plan import OpKind, PlanInput, Severity, keys_to_observe, make_plan, memory_lowered
+from cgctl.plan import OpKind, PlanInput, Severity, groups_to_type, keys_to_observe, make_plan, memory_lowered
 from drivers.api import (
     Capabilities,
     CgroupMode,
@@ -361,3 +361,80 @@ def test_cpu_max_diff_shows_old_and_new() -> None:
     observed = observed_as({("g",): Group({"cpu.max": CpuMax(None, 100_000)})})
     plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
     assert plan.ops[0].describe() == "set    g cpu.max: max 100000 -> 150000 100000"
+
+
+# -- v2 threaded mode --------------------------------------------------------------------------------
+
+
+def test_in_a_threaded_group_only_threaded_controllers_are_planned_and_the_rest_is_an_error() -> None:
+    desired = {
+        ("app",): Group({"memory.max": 1 << 30}),
+        ("app", "t"): Group({"cpu.weight": 50, "pids.max": 9, "memory.max": 64 << 20}),
+    }
+    observed = observed_as({("app",): Group({"memory.max": 1 << 30}), ("app", "t"): Group({})})
+    observed[("app",)].cgroup_type = "domain threaded"  # the thread root: memory still works there
+    observed[("app", "t")].cgroup_type = "threaded"
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert kinds(plan) == [(OpKind.SET, ("app", "t"), "cpu.weight"), (OpKind.SET, ("app", "t"), "pids.max")]
+    [error] = plan.errors
+    assert error.group == ("app", "t") and error.key == "memory.max"
+    assert (
+        "cgroup.type is 'threaded'" in error.message
+        and "memory is not a threaded controller" in error.message
+    )
+    assert not plan.warnings  # a threaded group can hold processes: nothing to warn about
+
+
+def test_a_group_created_under_a_threaded_one_is_domain_invalid_all_the_way_down() -> None:
+    desired = {
+        ("t",): Group({"cpu.weight": 50}),
+        ("t", "new"): Group({"io.weight": 100, "pids.max": 5}),
+        ("t", "new", "deeper"): Group({"memory.max": 1 << 20}),
+    }
+    observed = observed_as({("t",): Group({"cpu.weight": 50})})
+    observed[("t",)].cgroup_type = "threaded"
+    observed[("t",)].subtree_control = frozenset()
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert [(e.group, e.key) for e in plan.errors] == [
+        (("t", "new"), "io.weight"),
+        (("t", "new", "deeper"), "memory.max"),
+    ]
+    assert "would be created 'domain invalid' under a 'threaded' cgroup" in plan.errors[0].message
+    assert "inside a threaded subtree" in plan.errors[1].message
+    assert [w.group for w in plan.warnings] == [("t", "new"), ("t", "new", "deeper")]
+    assert "can hold no processes until it is made threaded" in plan.warnings[0].message
+    # pids is a threaded controller: enabled in the threaded parent, then written
+    enables = [op for op in plan.ops if op.kind is OpKind.ENABLE]
+    assert [(op.path, op.controllers) for op in enables] == [(("t",), frozenset({"pids"}))]
+
+
+def test_threaded_errors_become_warnings_when_the_policy_allows() -> None:
+    desired = {("t",): Group({"memory.max": 1 << 20, "cpu.weight": 20})}
+    observed = observed_as({("t",): Group({})})
+    observed[("t",)].cgroup_type = "threaded"
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2, on_unsupported="warn"))
+    assert not plan.errors and "left out" in plan.warnings[0].message
+    assert kinds(plan) == [(OpKind.SET, ("t",), "cpu.weight")]
+
+
+def test_a_domain_knob_cgctl_set_before_the_group_became_threaded_is_not_reset() -> None:
+    desired = {("t",): Group({"cpu.weight": 20})}
+    observed = observed_as({("t",): Group({"cpu.weight": 20})})  # memory.max's file is gone
+    observed[("t",)].cgroup_type = "threaded"
+    last = {("t",): frozenset({"cpu.weight", "memory.max", "pids.max"})}
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2, last_applied=last))
+    assert [(op.kind, op.key) for op in plan.ops] == [(OpKind.RESET, "pids.max")]
+
+
+def test_cgroup_types_are_read_only_where_the_plan_writes_or_creates_children() -> None:
+    desired = {
+        ("same",): Group({"cpu.weight": 50}),
+        ("changed",): Group({"cpu.weight": 60}),
+        ("changed", "new"): Group({"pids.max": 3}),
+        ("new",): Group({"pids.max": 4}),
+    }
+    observed = observed_as({("same",): Group({"cpu.weight": 50}), ("changed",): Group({"cpu.weight": 50})})
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert groups_to_type(plan, observed) == [("changed",), ()]
+    converged = make_plan(PlanInput(desired=desired, observed=observed_as(desired), capabilities=V2))
+    assert groups_to_type(converged, observed_as(desired)) == []

@@ -47,3 +47,39 @@ groups:
     assert kernel.read(kernel.v2_dir(env.root, "cgroup.subtree_control")) == root_subtree
     assert not kernel.exists(env.root, "app", "child")
     assert sleeper.poll() is None
+
+
+def test_a_group_made_threaded_outside_cgctl_gets_plan_errors_not_failed_writes(env: Env) -> None:
+    env.cgctl("apply", str(env.policy("groups:\n  app:\n    groups:\n      t: {cpu: {weight: 50}}\n")))
+    # Someone turns app/t threaded (app, whose subtree_control holds only cpu, becomes its thread root).
+    kernel.write(kernel.v2_dir(env.root, "app", "t", "cgroup.type"), "threaded")
+    assert kernel.read(kernel.v2_dir(env.root, "app", "cgroup.type")) == "domain threaded"
+    before = snapshot(env.root)
+    # memory is not a threaded controller: its files are gone from app/t, so a limit there is a plan error
+    # (exit 2, nothing written), not a write failing half-way.
+    bad = env.policy(
+        "groups:\n  app:\n    groups:\n      t: {cpu: {weight: 60}, memory: {max: 64M}}\n", name="bad.yaml"
+    )
+    proc = env.cgctl("apply", str(bad), check=2)
+    assert "bad.yaml:7:" in proc.stderr and "groups.app.groups.t.memory.max" in proc.stderr
+    assert "cgroup.type is 'threaded'" in proc.stderr and "memory is not a threaded controller" in proc.stderr
+    assert snapshot(env.root) == before
+    # Threaded controllers work: cpu in app/t, and pids in a new child, which the kernel creates
+    # "domain invalid" under a threaded group (the plan warns that it can hold no processes).
+    good = env.policy(
+        """
+groups:
+  app:
+    groups:
+      t:
+        cpu: {weight: 60}
+        groups:
+          w: {pids: {max: 7}}
+"""
+    )
+    proc = env.cgctl("apply", str(good))
+    assert "it would be created 'domain invalid' under a 'threaded' cgroup" in proc.stdout + proc.stderr
+    assert kernel.read(kernel.v2_dir(env.root, "app", "t", "cpu.weight")) == "60"
+    assert kernel.read(kernel.v2_dir(env.root, "app", "t", "w", "cgroup.type")) == "domain invalid"
+    assert kernel.read(kernel.v2_dir(env.root, "app", "t", "w", "pids.max")) == "7"
+    env.cgctl("diff", str(good))  # in sync: exit 0
