@@ -11,6 +11,7 @@ need them, so ``cgctl freeze`` starts fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import json
 import os
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, oneshot
 
 if TYPE_CHECKING:
-    from drivers.api import Driver, GroupPath
+    from drivers.api import Driver, DriverError, GroupPath
 
     from .engine import Prepared
     from .policy import Policy
@@ -278,6 +279,13 @@ async def _cmd_freeze(args: argparse.Namespace, *, freeze: bool) -> int:
     return EXIT_OK
 
 
+def _no_such_group(exc: DriverError, group: str, root: str) -> None:
+    """A move into a group that is not there fails to resolve its directory: say so as freeze does
+    (a usage error, exit 2) rather than with the path the kernel could not find."""
+    if exc.errno == errno.ENOENT:
+        raise UsageError(f"group {group!r} does not exist under root {root!r}") from None
+
+
 async def _cmd_move(args: argparse.Namespace) -> int:
     from drivers.api import DriverError
 
@@ -287,6 +295,7 @@ async def _cmd_move(args: argparse.Namespace) -> int:
     try:
         await driver.move(path, args.pids)
     except DriverError as exc:
+        _no_such_group(exc, args.group, root)
         _err(f"move into {args.group} failed: {exc}")
         return EXIT_FAILED
     finally:
@@ -311,6 +320,9 @@ def _cmd_exec(args: argparse.Namespace) -> int:
             # The process joins the group *before* it executes the command (anchors §3 pitfall 19),
             # so the command's first instruction is already accounted and limited.
             await driver.move(path, [os.getpid()])
+        except DriverError as exc:
+            _no_such_group(exc, args.group, root)
+            raise
         finally:
             await driver.close()
 

@@ -215,6 +215,19 @@ def test_hostile_group_argument_is_refused(env: Env) -> None:
         assert "GROUP" in proc.stderr
 
 
+def test_commands_on_a_missing_group_exit_2_naming_it(env: Env) -> None:
+    env.cgctl("apply", str(env.policy(BASIC)))
+    where = ["--root", env.root, "--driver", "cgroupfs"]
+    sleeper = env.spawn("sleep", "60")
+    for command in (
+        ["move", "nope", str(sleeper.pid), *where],
+        ["exec", "web/nope", *where, "--", "true"],
+        ["freeze", "nope", *where],
+    ):
+        proc = env.cgctl(*command, check=2)
+        assert f"group '{command[1]}' does not exist under root '{env.root}'" in proc.stderr
+
+
 def test_freeze_stops_all_work_until_thaw(env: Env) -> None:
     env.cgctl("apply", str(env.policy(BASIC)))
     loop = env.spawn(*procs.SHELL_SPIN)
