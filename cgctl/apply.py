@@ -62,6 +62,8 @@ async def _run(driver: Driver, op: Op, freeze_timeout: float) -> None:
     elif op.kind in (OpKind.SET, OpKind.RESET):
         assert op.key is not None
         await driver.set(op.path, op.key, op.new)
+    elif op.kind is OpKind.THREADED:
+        await driver.make_threaded(op.path)
     elif op.kind is OpKind.FREEZE:
         await driver.freeze(op.path, freeze_timeout)
     elif op.kind is OpKind.THAW:
@@ -82,6 +84,7 @@ async def _undo(driver: Driver, op: Op, created: set[GroupPath], freeze_timeout:
         if op.path not in created:
             assert op.key is not None
             await driver.set(op.path, op.key, op.old)
+    # THREADED: only planned for a group this apply created, which its CREATE's undo removes whole
     elif op.kind is OpKind.FREEZE:
         await driver.thaw(op.path, freeze_timeout)
     elif op.kind is OpKind.THAW:

@@ -83,6 +83,7 @@ class OpKind(enum.StrEnum):
     ENABLE = "enable"
     SET = "set"
     RESET = "reset"
+    THREADED = "thread"  # v2: write "threaded" to a new group's cgroup.type (it is in a threaded subtree)
     THAW = "thaw"
     FREEZE = "freeze"
     REMOVE = "remove"
@@ -116,6 +117,8 @@ class Op:
         where = format_path(self.path) if driver is None else driver.describe_group(self.path)
         if self.kind is OpKind.ENABLE:
             return f"{_LABELS[self.kind]} {where} subtree_control: +{' +'.join(sorted(self.controllers))}"
+        if self.kind is OpKind.THREADED:
+            return f"{_LABELS[self.kind]} {where} cgroup.type: domain invalid -> threaded"
         return f"{_LABELS[self.kind]} {where}"
 
     def to_json(self) -> dict[str, object]:
@@ -277,21 +280,40 @@ def _resets_under_shrinking(settings: dict[GroupPath, list[Op]], shrinking: list
 
 # cgroup v2 threaded mode (cgroup-v2.rst, "Threads"): in a threaded subtree only the threaded controllers
 # work — of cgctl's knobs, cpu, cpuset and pids; memory and io act at its root (the "domain threaded"
-# group) only. Nothing makes a cgroup threaded but a write of "threaded" to its cgroup.type, which cgctl
-# never does; it only has to notice where someone else did.
+# group) only. Someone else makes a group threaded (a write of "threaded" to its cgroup.type); the kernel
+# creates every new child of a threaded or domain-threaded group "domain invalid" (it can hold no
+# processes), so cgctl makes the groups it creates there threaded, as runc does (libcontainer fs2).
 THREADED_CONTROLLERS = frozenset({"cpu", "cpuset", "pids"})
-_THREADED_TYPES = frozenset({"threaded", "domain invalid"})
-# A new child of one of these is created "domain invalid" (only the mount root may mix both kinds).
-_NO_DOMAIN_CHILDREN = frozenset({"threaded", "domain invalid", "domain threaded"})
+_THREADED_PARENTS = frozenset({"threaded", "domain threaded"})
 
 
-def _threaded_reason(now: ObservedGroup, parent: ObservedGroup, parent_reason: str | None) -> str | None:
-    """Why a group is, or will be created, inside a threaded subtree (None: it is a domain)."""
+def _type_after(now: ObservedGroup, parent_type: str | None) -> str | None:
+    """The group's cgroup.type once the plan has run (None: a domain, or not read)."""
     if now.exists:
-        return f"its cgroup.type is '{now.cgroup_type}'" if now.cgroup_type in _THREADED_TYPES else None
-    if parent.exists and parent.cgroup_type in _NO_DOMAIN_CHILDREN:
-        return f"it would be created 'domain invalid' under a '{parent.cgroup_type}' cgroup"
-    return "it would be created inside a threaded subtree" if parent_reason is not None else None
+        return now.cgroup_type
+    if parent_type in _THREADED_PARENTS:
+        return "threaded"  # cgctl creates it, then makes it threaded
+    return "domain invalid" if parent_type == "domain invalid" else None
+
+
+def _threaded_blocks(
+    now: ObservedGroup, kind: str | None, parent_type: str | None
+) -> tuple[str | None, str | None]:
+    """Why the group can take no knob at all, and why it can take no domain controller's knob (None:
+    it can)."""
+    if parent_type == "domain invalid":
+        return "its parent's cgroup.type is 'domain invalid', so no controller can be enabled for it", None
+    if kind not in ("threaded", "domain invalid"):
+        return None, None
+    return None, f"its cgroup.type is '{kind}'" if now.exists else "it is created in a threaded subtree"
+
+
+def _domain_invalid_warning(now: ObservedGroup) -> str:
+    where = "its cgroup.type is" if now.exists else "it would be created under a 'domain invalid' parent as"
+    return (
+        f"{where} 'domain invalid': it can hold no processes until it is made threaded "
+        "(echo threaded > cgroup.type)"
+    )
 
 
 def _check_value(
@@ -301,19 +323,16 @@ def _check_value(
     knob: Knob,
     value: Value,
     issues: list[PlanIssue],
-    threaded: str | None = None,
+    blocked: str | None = None,
 ) -> bool:
-    """Host-dependent checks of one desired setting (``knob`` is the key's; ``threaded`` says why the
-    group is in a threaded subtree, if it is). Returns False when it must be left out."""
+    """Host-dependent checks of one desired setting (``knob`` is the key's; ``blocked`` says why this
+    group cannot take it, v2 threaded mode). Returns False when it must be left out."""
     caps = inp.capabilities
     reason = caps.unsupported.get(knob)
     if reason is None and caps.needs_subtree_control and knob.controller not in caps.controllers:
         reason = f"the {knob.controller} controller is not available to the managed root"
-    if reason is None and threaded is not None and knob.controller not in THREADED_CONTROLLERS:
-        reason = (
-            f"{threaded}, and {knob.controller} is not a threaded controller (in a threaded subtree only "
-            "cpu, cpuset and pids work)"
-        )
+    if reason is None:
+        reason = blocked
     if reason is not None:
         severity = Severity.WARNING if inp.on_unsupported == "warn" else Severity.ERROR
         suffix = " (left out: on_unsupported is warn)" if severity is Severity.WARNING else ""
@@ -384,20 +403,21 @@ def make_plan(inp: PlanInput) -> Plan:
     settings: dict[GroupPath, list[Op]] = {}
     shrinking: list[Op] = []  # v1 cpuset narrowing, written children-first after everything else
     needed_here: dict[GroupPath, set[str]] = {}
-    # v2 groups inside a threaded subtree, and why (only known where the engine read cgroup.type)
-    threaded: dict[GroupPath, str | None] = {(): _threaded_reason(seen(()), absent, None)}
+    # v2: each group's cgroup.type after the plan (known only where the engine read it: where it writes)
+    types: dict[GroupPath, str | None] = {(): seen(()).cgroup_type}
     for path in _sorted_parents_first(inp.desired):
         spec = inp.desired[path]
         now = seen(path)
-        why = threaded[path] = _threaded_reason(now, seen(path[:-1]), threaded.get(path[:-1]))
-        if why is not None and not (now.exists and now.cgroup_type == "threaded"):
+        parent_type = types.get(path[:-1])
+        kind = types[path] = _type_after(now, parent_type)
+        blocked, domain_blocked = _threaded_blocks(now, kind, parent_type)
+        if kind == "domain invalid":
             plan.issues.append(
                 PlanIssue(
                     Severity.WARNING,
                     path,
                     None,
-                    f"{why}: a 'domain invalid' group can hold no processes until it is made threaded "
-                    "(echo threaded > cgroup.type)",
+                    _domain_invalid_warning(now),
                     inp.where(path, None),
                 )
             )
@@ -405,6 +425,12 @@ def make_plan(inp: PlanInput) -> Plan:
         controllers: set[str] = set()
         for key, value in spec.resources.items():
             knob = split_key(key)[0]
+            why = blocked
+            if why is None and domain_blocked is not None and knob.controller not in THREADED_CONTROLLERS:
+                why = (
+                    f"{domain_blocked}, and {knob.controller} is not a threaded controller (in a threaded "
+                    "subtree only cpu, cpuset and pids work)"
+                )
             if not _check_value(inp, path, key, knob, value, plan.issues, why):
                 continue
             controllers.add(knob.controller)
@@ -439,7 +465,7 @@ def make_plan(inp: PlanInput) -> Plan:
             knob, _ = split_key(key)
             if knob in caps.unsupported or not now.exists:
                 continue
-            if why is not None and knob.controller not in THREADED_CONTROLLERS:
+            if domain_blocked is not None and knob.controller not in THREADED_CONTROLLERS:
                 continue  # made threaded since: the file is gone, so there is nothing to reset
             default = KERNEL_DEFAULTS[knob]
             controllers.add(knob.controller)
@@ -475,6 +501,8 @@ def make_plan(inp: PlanInput) -> Plan:
         now = seen(path)
         if not now.exists:
             plan.ops.append(Op(OpKind.CREATE, path))
+            if types.get(path) == "threaded":
+                plan.ops.append(Op(OpKind.THREADED, path))
         plan.ops.extend(settings.get(path, []))
         wanted = enable_for.get(path, set())
         missing = frozenset(wanted - (now.subtree_control if now.exists else frozenset()))

@@ -183,4 +183,6 @@ def _drift_of(prepared: Prepared) -> list[Drift]:
             out.append(Drift(group, "frozen", format_value(op.old), format_value(op.new)))
         elif op.kind is OpKind.ENABLE:
             out.append(Drift(group, "subtree_control", "", "+" + " +".join(sorted(op.controllers))))
+        elif op.kind is OpKind.THREADED:
+            out.append(Drift(group, "cgroup.type", "domain invalid", "threaded"))
     return out

@@ -447,6 +447,11 @@ class Driver(abc.ABC):
         """Undo of enable_controllers (rollback only)."""
         raise UnsupportedError(f"{self.name}: controllers are not disabled by hand", group=path)
 
+    async def make_threaded(self, path: GroupPath) -> None:
+        """v2: turn a group this apply created in a threaded subtree (the kernel made it "domain
+        invalid") threaded. Only drivers that report cgroup types (Driver.observe's ``types``) get it."""
+        raise UnsupportedError(f"{self.name}: no threaded cgroups", group=path)
+
     @abc.abstractmethod
     async def freeze(self, path: GroupPath, timeout: float) -> None:
         """Freeze and return once the kernel confirms; on timeout revert and raise FreezeTimeoutError."""

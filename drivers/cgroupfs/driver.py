@@ -207,6 +207,13 @@ class CgroupfsDriver(Driver):
             return
         await self._blocking(ops.enable, path, frozenset(controllers))
 
+    async def make_threaded(self, path: GroupPath) -> None:
+        ops = self._get_ops()
+        if not isinstance(ops, V2Ops):
+            await super().make_threaded(path)
+            return
+        await self._blocking(ops.make_threaded, path)
+
     async def disable_controllers(self, path: GroupPath, controllers: Collection[str]) -> None:
         ops = await self._blocking(self._get_ops)
         if not isinstance(ops, V2Ops):

@@ -197,6 +197,15 @@ class V2Ops:
                     gd.write("cgroup.subtree_control", f"+{controller}")
                     self.added.setdefault(parts, []).append(controller)
 
+    def make_threaded(self, path: GroupPath) -> None:
+        """A group created in a threaded subtree is "domain invalid" until this write (one-way)."""
+
+        def write() -> None:
+            self.tree.cached(self.tree.rel(path), path).write("cgroup.type", "threaded")
+
+        with self._lock:
+            stale_retry([self.tree], write)
+
     def disable(self, path: GroupPath, controllers: Collection[str]) -> None:
         for parts in reversed(self._enable_dirs(path)):
             added = self.added.get(parts, [])

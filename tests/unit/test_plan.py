@@ -385,11 +385,11 @@ def test_in_a_threaded_group_only_threaded_controllers_are_planned_and_the_rest_
     assert not plan.warnings  # a threaded group can hold processes: nothing to warn about
 
 
-def test_a_group_created_under_a_threaded_one_is_domain_invalid_all_the_way_down() -> None:
+def test_groups_created_in_a_threaded_subtree_are_made_threaded_and_take_only_threaded_knobs() -> None:
     desired = {
         ("t",): Group({"cpu.weight": 50}),
         ("t", "new"): Group({"io.weight": 100, "pids.max": 5}),
-        ("t", "new", "deeper"): Group({"memory.max": 1 << 20}),
+        ("t", "new", "deeper"): Group({"memory.max": 1 << 20, "cpu.weight": 10}),
     }
     observed = observed_as({("t",): Group({"cpu.weight": 50})})
     observed[("t",)].cgroup_type = "threaded"
@@ -399,13 +399,42 @@ def test_a_group_created_under_a_threaded_one_is_domain_invalid_all_the_way_down
         (("t", "new"), "io.weight"),
         (("t", "new", "deeper"), "memory.max"),
     ]
-    assert "would be created 'domain invalid' under a 'threaded' cgroup" in plan.errors[0].message
-    assert "inside a threaded subtree" in plan.errors[1].message
-    assert [w.group for w in plan.warnings] == [("t", "new"), ("t", "new", "deeper")]
-    assert "can hold no processes until it is made threaded" in plan.warnings[0].message
-    # pids is a threaded controller: enabled in the threaded parent, then written
-    enables = [op for op in plan.ops if op.kind is OpKind.ENABLE]
-    assert [(op.path, op.controllers) for op in enables] == [(("t",), frozenset({"pids"}))]
+    assert plan.errors[0].message == (
+        "cannot be honoured here: it is created in a threaded subtree, and io is not a threaded controller "
+        "(in a threaded subtree only cpu, cpuset and pids work)"
+    )
+    # The kernel creates them "domain invalid" (no processes allowed): cgctl makes each threaded right
+    # after creating it, before its limits and before its own children.
+    assert kinds(plan) == [
+        (OpKind.ENABLE, ("t",), None),
+        (OpKind.CREATE, ("t", "new"), None),
+        (OpKind.THREADED, ("t", "new"), None),
+        (OpKind.SET, ("t", "new"), "pids.max"),
+        (OpKind.ENABLE, ("t", "new"), None),
+        (OpKind.CREATE, ("t", "new", "deeper"), None),
+        (OpKind.THREADED, ("t", "new", "deeper"), None),
+        (OpKind.SET, ("t", "new", "deeper"), "cpu.weight"),
+    ]
+    assert plan.ops[0].controllers == {"cpu", "pids"} and plan.ops[4].controllers == {"cpu"}
+    assert plan.ops[2].describe() == "thread t/new cgroup.type: domain invalid -> threaded"
+    assert not plan.warnings
+
+
+def test_a_domain_invalid_group_is_warned_about_and_its_new_children_can_take_nothing() -> None:
+    desired = {
+        ("bad",): Group({"pids.max": 5}),
+        ("bad", "kid"): Group({"pids.max": 3}),
+    }
+    observed = observed_as({("bad",): Group({"pids.max": 5})})
+    observed[("bad",)].cgroup_type = "domain invalid"
+    plan = make_plan(PlanInput(desired=desired, observed=observed, capabilities=V2))
+    assert [(w.group, w.message[:33]) for w in plan.warnings] == [
+        (("bad",), "its cgroup.type is 'domain invali"),
+        (("bad", "kid"), "it would be created under a 'doma"),
+    ]
+    [error] = plan.errors
+    assert error.group == ("bad", "kid") and "parent's cgroup.type is 'domain invalid'" in error.message
+    assert OpKind.THREADED not in [op.kind for op in plan.ops]
 
 
 def test_threaded_errors_become_warnings_when_the_policy_allows() -> None:

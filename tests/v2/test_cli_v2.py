@@ -65,7 +65,7 @@ def test_a_group_made_threaded_outside_cgctl_gets_plan_errors_not_failed_writes(
     assert "cgroup.type is 'threaded'" in proc.stderr and "memory is not a threaded controller" in proc.stderr
     assert snapshot(env.root) == before
     # Threaded controllers work: cpu in app/t, and pids in a new child, which the kernel creates
-    # "domain invalid" under a threaded group (the plan warns that it can hold no processes).
+    # "domain invalid" (no processes allowed) under a threaded group: cgctl makes it threaded first.
     good = env.policy(
         """
 groups:
@@ -78,8 +78,11 @@ groups:
 """
     )
     proc = env.cgctl("apply", str(good))
-    assert "it would be created 'domain invalid' under a 'threaded' cgroup" in proc.stdout + proc.stderr
+    assert "cgroup.type: domain invalid -> threaded" in proc.stdout
     assert kernel.read(kernel.v2_dir(env.root, "app", "t", "cpu.weight")) == "60"
-    assert kernel.read(kernel.v2_dir(env.root, "app", "t", "w", "cgroup.type")) == "domain invalid"
+    assert kernel.read(kernel.v2_dir(env.root, "app", "t", "w", "cgroup.type")) == "threaded"
     assert kernel.read(kernel.v2_dir(env.root, "app", "t", "w", "pids.max")) == "7"
+    where = ("--root", env.root, "--driver", "cgroupfs")
+    proc = env.cgctl("exec", "app/t/w", *where, "--", "cat", "/proc/self/cgroup")
+    assert proc.stdout.strip() == f"0::/{env.root}/app/t/w"  # a "domain invalid" group would refuse it
     env.cgctl("diff", str(good))  # in sync: exit 0
