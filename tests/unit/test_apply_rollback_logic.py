@@ -78,6 +78,9 @@ class RecordingDriver(Driver):
     async def disable_controllers(self, path: GroupPath, controllers: Collection[str]) -> None:
         self._maybe_fail("disable", path)
 
+    async def make_threaded(self, path: GroupPath) -> None:
+        self._maybe_fail("thread", path)
+
     async def freeze(self, path: GroupPath, timeout: float) -> None:
         self._maybe_fail("freeze", path)
 
@@ -152,3 +155,16 @@ async def test_success_reports_every_step(n: int) -> None:
     ops = [Op(OpKind.CREATE, (f"g{i}",)) for i in range(n)]
     result = await execute(plan_of(*ops), driver)
     assert result.ok and len(result.done) == n and len(result.created) == n
+
+
+async def test_a_group_made_threaded_by_this_apply_is_undone_by_removing_it() -> None:
+    driver = RecordingDriver(fail_on=("set", ("t", "w"), "pids.max"))
+    driver.groups[("t",)] = {}
+    plan = plan_of(
+        Op(OpKind.CREATE, ("t", "w")),
+        Op(OpKind.THREADED, ("t", "w")),
+        Op(OpKind.SET, ("t", "w"), "pids.max", None, 5),
+    )
+    result = await execute(plan, driver)
+    assert not result.ok and result.failed is plan.ops[2] and result.rollback_complete
+    assert driver.calls == ["create t/w", "thread t/w", "set t/w pids.max", "remove t/w"]
