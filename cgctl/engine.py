@@ -50,7 +50,6 @@ async def prepare(policy: Policy, driver: Driver, *, prune: bool = False) -> Pre
     # The planner looks at frozen state only where the policy sets `frozen`, and at populated only
     # when pruning: other groups' flags need not be read.
     flags_of = None if prune else [path for path, spec in policy.groups.items() if spec.frozen is not None]
-    # Memory usage and cgroup types are read after a first plan, where it writes (below).
     observed = await driver.observe(sorted(paths), keys, state=flags_of, usage=())
     observed_at = time.perf_counter()
     plan_input = PlanInput(

@@ -284,7 +284,9 @@ def _resets_under_shrinking(settings: dict[GroupPath, list[Op]], shrinking: list
 # creates every new child of a threaded or domain-threaded group "domain invalid" (it can hold no
 # processes), so cgctl makes the groups it creates there threaded, as runc does (libcontainer fs2).
 THREADED_CONTROLLERS = frozenset({"cpu", "cpuset", "pids"})
+_THREADED_NOTE = "in a threaded subtree only cpu, cpuset and pids work"  # THREADED_CONTROLLERS, in words
 _THREADED_PARENTS = frozenset({"threaded", "domain threaded"})
+_NOT_DOMAIN = frozenset({"threaded", "domain invalid"})  # domain controllers do not work in these
 
 
 def _type_after(now: ObservedGroup, parent_type: str | None) -> str | None:
@@ -303,7 +305,7 @@ def _threaded_blocks(
     it can)."""
     if parent_type == "domain invalid":
         return "its parent's cgroup.type is 'domain invalid', so no controller can be enabled for it", None
-    if kind not in ("threaded", "domain invalid"):
+    if kind not in _NOT_DOMAIN:
         return None, None
     return None, f"its cgroup.type is '{kind}'" if now.exists else "it is created in a threaded subtree"
 
@@ -428,8 +430,7 @@ def make_plan(inp: PlanInput) -> Plan:
             why = blocked
             if why is None and domain_blocked is not None and knob.controller not in THREADED_CONTROLLERS:
                 why = (
-                    f"{domain_blocked}, and {knob.controller} is not a threaded controller (in a threaded "
-                    "subtree only cpu, cpuset and pids work)"
+                    f"{domain_blocked}, and {knob.controller} is not a threaded controller ({_THREADED_NOTE})"
                 )
             if not _check_value(inp, path, key, knob, value, plan.issues, why):
                 continue
