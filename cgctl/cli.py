@@ -265,7 +265,7 @@ async def _cmd_freeze(args: argparse.Namespace, *, freeze: bool) -> int:
         with writer_lock():
             observed = await driver.observe([path], {path: ()})
             if not observed[path].exists:
-                raise UsageError(f"group {args.group!r} does not exist under root {root!r}")
+                raise _missing_group(args.group, root)
             if freeze:
                 await driver.freeze(path, args.timeout)
             else:
@@ -279,11 +279,15 @@ async def _cmd_freeze(args: argparse.Namespace, *, freeze: bool) -> int:
     return EXIT_OK
 
 
+def _missing_group(group: str, root: str) -> UsageError:
+    return UsageError(f"group {group!r} does not exist under root {root!r}")
+
+
 def _no_such_group(exc: DriverError, group: str, root: str) -> None:
     """A move into a group that is not there fails to resolve its directory: say so as freeze does
     (a usage error, exit 2) rather than with the path the kernel could not find."""
     if exc.errno == errno.ENOENT:
-        raise UsageError(f"group {group!r} does not exist under root {root!r}") from None
+        raise _missing_group(group, root) from None
 
 
 async def _cmd_move(args: argparse.Namespace) -> int:
